@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine:  `make serve`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch; elsewhere add TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# to avoid the multi-GB CUDA wheel, or TORCH_SPEC=torch for the CUDA build on a GPU machine.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: install serve test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/drface serve
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

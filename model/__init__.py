@@ -1,0 +1,1 @@
+"""Network, layers and the face pipeline (decode, detect, align, embed)."""
