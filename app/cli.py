@@ -17,7 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     """Parser with every subcommand; only `selected` has its options loaded (imports its module)."""
-    parser = argparse.ArgumentParser(prog="drface", description="Face verification you train and serve yourself.")
+    parser = argparse.ArgumentParser(
+        prog="drface", description="Face verification you train and serve yourself."
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)

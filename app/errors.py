@@ -1,0 +1,140 @@
+"""Typed service errors and the one place that turns any error into `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.decode import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
+
+logger = logging.getLogger("drface.app")
+
+
+class ApiError(Exception):
+    """An error the client caused or must react to; `status_code` and `code` are part of the API."""
+
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class NoFaceError(ApiError):
+    status_code, code = 400, "no_face"
+
+
+class BadImageError(ApiError):
+    status_code, code = 400, "bad_image"
+
+
+class TooManyFacesError(ApiError):
+    status_code, code = 400, "too_many_faces"
+
+
+class UnauthorizedError(ApiError):
+    status_code, code = 401, "unauthorized"
+
+
+class NotFoundError(ApiError):
+    status_code, code = 404, "not_found"
+
+
+class TooLargeError(ApiError):
+    status_code, code = 413, "too_large"
+
+
+class UnsupportedMediaTypeError(ApiError):
+    status_code, code = 415, "unsupported_media_type"
+
+
+class InvalidRequestError(ApiError):
+    status_code, code = 422, "invalid_request"
+
+
+class OverloadedError(ApiError):
+    status_code, code = 429, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class NotReadyError(ApiError):
+    status_code, code = 503, "not_ready"
+
+
+# Errors from the image decoder (model.decode) -> the API error they mean. The first matching class wins.
+_IMAGE_ERRORS: tuple[tuple[type[ImageError], type[ApiError]], ...] = (
+    (ImageTooLargeError, TooLargeError),
+    (UnsupportedImageError, UnsupportedMediaTypeError),
+    (ImageDecodeError, BadImageError),
+    (ImageError, BadImageError),
+)
+
+# Status codes Starlette/FastAPI raise themselves (routing, body limits) -> our error code.
+_HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def image_error_to_api(error: ImageError) -> ApiError:
+    """The API error for a decoder error, keeping its message."""
+    for image_type, api_type in _IMAGE_ERRORS:
+        if isinstance(error, image_type):
+            return api_type(str(error))
+    return BadImageError(str(error))
+
+
+def error_response(
+    request: Request, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape; also counts the error in the metrics."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(code=code).inc()
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status_code, headers=headers
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        location = ".".join(str(item) for item in err.get("loc", ()) if item != "body")
+        parts.append(
+            f"{location}: {err.get('msg', 'invalid')}" if location else str(err.get("msg", "invalid"))
+        )
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register handlers so that every error, ours or the framework's, has the same JSON shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(ImageError)
+    async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
+        api = image_error_to_api(exc)
+        return error_response(request, api.status_code, api.code, api.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(request, 422, InvalidRequestError.code, _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
+        return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, 500, "internal", "internal server error")

@@ -1,0 +1,109 @@
+"""The FastAPI application: `create_app(settings)`, and `app` for `uvicorn app.main:app`.
+
+Nothing heavy happens at import. The lifespan starts the inference thread pool and loads the model in the
+background, so `/healthz` answers at once and `/readyz` turns 200 after the warm-up inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from fastapi import FastAPI
+
+from app.body_limit import BodyLimitMiddleware
+from app.engine import Engine, InferenceGate
+from app.errors import install_error_handlers
+from app.metrics import Metrics, MetricsMiddleware
+from app.routes import build_api_router, ops_router
+from app.settings import Settings
+
+logger = logging.getLogger("drface.app")
+
+DESCRIPTION = """
+Face embeddings, verification and DRConv region maps from a DRConv-MobileFaceNet.
+
+* Send photos as **multipart file uploads** (`image`, or `image1` + `image2`) or as **JSON with base64
+  strings** (same field names). Options go in the same form / JSON object.
+* "The" face of a photo is the one with the **largest box**; every list of faces is ordered largest first.
+* Errors always look like `{"error": {"code": "...", "message": "..."}}`.
+* When the server has API keys (`DRFACE_API_KEYS`), every `/v1` route needs the `X-API-Key` header.
+"""
+
+
+async def _load_model(app: FastAPI) -> None:
+    """Load the model, warm it up on the inference threads, then publish it (which makes /readyz ready)."""
+    settings: Settings = app.state.settings
+    try:
+        engine = await asyncio.to_thread(Engine.load, settings)
+        warm_ms = await app.state.gate.run(engine.warm_up, settings.warmup_runs)
+    except Exception as exc:  # any failure must show on /healthz, not kill the event loop silently
+        logger.exception("model failed to load")
+        app.state.load_error = f"{type(exc).__name__}: {exc}"
+        return
+    app.state.engine = engine
+    app.state.metrics.ready.set(1)
+    logger.info(
+        "model %s@%s ready (warm-up pass %.1f ms, %d torch threads)",
+        engine.card.name,
+        engine.card.version,
+        warm_ms,
+        settings.thread_count(),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    gate = InferenceGate(
+        settings.max_concurrent,
+        settings.max_queue,
+        settings.retry_after_s,
+        settings.thread_count(),
+    )
+    app.state.gate = gate
+    app.state.metrics.in_flight.set_function(lambda: gate.admitted)
+    loader = asyncio.create_task(_load_model(app))
+    try:
+        yield
+    finally:
+        loader.cancel()
+        gate.shutdown()
+        app.state.engine = None
+        app.state.metrics.ready.set(0)
+
+
+def request_body_limit(settings: Settings, path: str) -> int:
+    """Body bytes allowed on `path`: room for two images on /v1/verify, one elsewhere."""
+    return settings.max_request_bytes(2 if path.rstrip("/") == "/v1/verify" else 1)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; `settings` defaults to the `DRFACE_*` environment. The model loads when the app starts."""
+    settings = settings or Settings()
+    logging.getLogger("drface").setLevel(settings.log_level.upper())
+    app = FastAPI(
+        title="drface",
+        version="0.1.0",
+        summary="Face verification you train and serve yourself.",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.engine = None
+    app.state.gate = None
+    app.state.load_error = None
+    install_error_handlers(app)
+    # The last middleware added runs first: metrics see every request, including refused bodies.
+    app.add_middleware(BodyLimitMiddleware, limit_for_path=partial(request_body_limit, settings))
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(build_api_router())
+    app.include_router(ops_router)
+    return app
+
+
+app = create_app()

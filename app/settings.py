@@ -1,0 +1,130 @@
+"""Service settings: one pydantic-settings class, every field read from a `DRFACE_*` environment variable."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MEGABYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; each field is read from `DRFACE_<FIELD>` (e.g. `DRFACE_PORT`)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRFACE_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface `drface serve` binds to; `0.0.0.0` in containers.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port `drface serve` listens on.")
+    workers: int = Field(1, ge=1, description="Server processes (`drface serve`); each loads its own model.")
+    weights: Path | None = Field(
+        None,
+        description="Model artifact (`.safetensors`, its `.json` model card beside it); "
+        "empty = the shipped default `model/weights/drface-default.safetensors`.",
+    )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch/OpenCV threads per process; empty = the cores this container may use "
+        "(CPU affinity and cgroup quota) divided by `workers`.",
+    )
+    max_concurrent: int = Field(
+        1,
+        ge=1,
+        description="Inferences run at the same time per process (size of the inference thread pool).",
+    )
+    max_queue: int = Field(
+        32,
+        ge=0,
+        description="Requests that may wait for an inference slot; beyond them: 429 with Retry-After.",
+    )
+    retry_after_s: int = Field(1, ge=0, description="Seconds sent in the Retry-After header of a 429.")
+    max_upload_bytes: int = Field(
+        10 * MEGABYTE, ge=1, description="Largest image file accepted, in bytes (413 beyond it)."
+    )
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image accepted, width x height, checked from the header (413)."
+    )
+    max_faces: int = Field(
+        20, ge=1, description="Most faces `/v1/embed` embeds in one image (400 `too_many_faces` beyond it)."
+    )
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated API keys; when set, every `/v1` route needs one in `X-API-Key`.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and of uvicorn."
+    )
+    threshold: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Default cosine-similarity threshold of `/v1/verify`; empty = the model card's "
+        "`best_accuracy` threshold.",
+    )
+    trace_network: bool = Field(
+        True,
+        description="Run embeddings through a TorchScript trace of the network (batch norm folded), checked "
+        "against eager PyTorch at start-up; false = eager PyTorch.",
+    )
+    warmup_runs: int = Field(
+        2, ge=1, description="Full-pipeline inferences run at start-up before `/readyz` turns ready."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value
+
+    @field_validator("weights", "torch_threads", "threshold", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def max_request_bytes(self, images: int = 1) -> int:
+        """Largest request body for `images` images: each base64-encoded (4/3), plus room for the fields."""
+        return images * math.ceil(self.max_upload_bytes * 4 / 3) + 64 * 1024
+
+    def thread_count(self) -> int:
+        """Torch/OpenCV threads per process: `torch_threads`, else available cores / workers (at least 1)."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, available_cores() // self.workers)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use: its CPU affinity, capped by a cgroup (v2 or v1) CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by the cgroup quota, or None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None

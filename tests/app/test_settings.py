@@ -1,0 +1,51 @@
+"""Settings from DRFACE_* variables, thread sizing and request body limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, available_cores
+
+
+def test_every_field_reads_its_drface_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRFACE_PORT", "9123")
+    monkeypatch.setenv("DRFACE_API_KEYS", " alpha, beta ,,gamma ")
+    monkeypatch.setenv("DRFACE_WEIGHTS", "")
+    monkeypatch.setenv("DRFACE_TORCH_THREADS", "3")
+    monkeypatch.setenv("DRFACE_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("DRFACE_MAX_UPLOAD_BYTES", "1000")
+    settings = Settings()
+    assert settings.port == 9123
+    assert settings.api_keys == ("alpha", "beta", "gamma")
+    assert settings.weights is None
+    assert settings.thread_count() == 3
+    assert settings.log_level == "warning"
+    assert settings.max_upload_bytes == 1000
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRFACE_MAX_QUEUE", "-1")
+    with pytest.raises(ValueError, match="max_queue"):
+        Settings()
+
+
+def test_threads_default_to_available_cores_shared_by_workers() -> None:
+    cores = available_cores()
+    assert cores >= 1
+    assert Settings(torch_threads=None, workers=1).thread_count() == cores
+    assert Settings(torch_threads=None, workers=cores + 1).thread_count() == 1
+
+
+def test_request_body_limit_leaves_room_for_base64_images() -> None:
+    settings = Settings(max_upload_bytes=3_000_000)
+    assert settings.max_request_bytes(1) > 4_000_000  # 3 MB of base64 is 4 MB
+    assert settings.max_request_bytes(2) > 8_000_000
+    assert settings.max_request_bytes(1) < 4_100_000
+
+
+def test_every_setting_is_in_the_api_docs_table() -> None:
+    table = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    for name in Settings.model_fields:
+        assert f"| `DRFACE_{name.upper()}` |" in table, name

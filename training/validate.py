@@ -1,0 +1,148 @@
+"""Verification during and after training: held-out identities (threshold calibration) and CFP (monitoring).
+
+The served thresholds come from the held-out *training-data* identities, never from CFP, so CFP stays an
+honest test; CFP is then also reported at those thresholds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm import tqdm
+
+from training.evaluate import cosine_scores, default_cfp_root, embed_aligned_faces, evaluate_embeddings
+from training.metrics import accuracy_at_threshold, best_threshold, far_key, roc_curve
+from training.protocols import load_cfp
+
+
+def threshold_key(far: float) -> str:
+    """Model-card key of the threshold at false-accept rate `far`, e.g. 1e-3 -> 'far_1e-3'."""
+    return far_key(far).removeprefix("tar_at_")
+
+
+def threshold_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> float:
+    """Lowest cosine threshold whose false accept rate (score >= threshold on different pairs) is <= `far`."""
+    roc = roc_curve(scores, same)
+    index = int(np.flatnonzero(roc.fpr <= far).max())
+    if np.isfinite(roc.thresholds[index]):
+        return float(roc.thresholds[index])
+    return float(
+        np.max(scores[~same]) + 1e-6
+    )  # not even one false accept allowed: just above the top impostor
+
+
+def holdout_report(
+    model: nn.Module,
+    faces_bgr: np.ndarray,
+    pairs: np.ndarray,
+    same: np.ndarray,
+    far_target: float,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Verification metrics on held-out identities plus the thresholds calibrated on them.
+
+    faces_bgr (M, 112, 112, 3) uint8 aligned; pairs (P, 2) indices into it; same (P,) bool. Keys: those of
+    `metrics.verification_report` (10 balanced folds) and `thresholds` {'best_accuracy': t, 'far_1e-3': t}.
+    """
+    embeddings = embed_aligned_faces(model, faces_bgr, batch_size=batch_size)
+    report: dict[str, Any] = dict(evaluate_embeddings(embeddings, pairs, same))
+    scores = cosine_scores(embeddings, pairs)
+    report["thresholds"] = {
+        "best_accuracy": best_threshold(scores, same)[0],
+        threshold_key(far_target): threshold_at_far(scores, same, far_target),
+    }
+    return report
+
+
+def find_cfp_root(setting: Path | str | None, data_roots: list[Path]) -> Path | None:
+    """The CFP root to monitor with: the setting, or for 'auto' a `cfp` folder beside a data root, else
+    `drface eval`'s default ($DRFACE_DATA_ROOT/cfp or ../shared/data/cfp); None when off or absent."""
+    if setting is None:
+        return None
+    if setting != "auto":
+        return Path(setting)
+    candidates = [Path(root).resolve().parent / "cfp" for root in data_roots]
+    found = next((c for c in candidates if (c / "Protocol").is_dir()), None)
+    return found or default_cfp_root()
+
+
+class AlignedCfp:
+    """CFP with every image detected + aligned once (cached as .npy), then embedded per evaluation.
+
+    `drface eval` detects on every call; during training that would cost minutes per epoch, so the aligned
+    crops are kept in memory and on disk (`cache_dir/cfp-<digest>.npy`).
+    """
+
+    def __init__(self, root: Path, splits: list[str], cache_dir: Path | None, batch_size: int) -> None:
+        self.protocols = load_cfp(root, splits)
+        self.images = next(iter(self.protocols.values())).images  # one image list shared by all splits
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self._faces: np.ndarray | None = None
+
+    def faces(self) -> np.ndarray:
+        """(N, 112, 112, 3) uint8 BGR aligned crops of all images (computed on first use)."""
+        if self._faces is None:
+            self._faces = _cached(self.cache_dir, self.images, lambda: align_photos(self.images))
+        return self._faces
+
+    def evaluate(
+        self, model: nn.Module, folds: int, thresholds: dict[str, float]
+    ) -> dict[str, dict[str, Any]]:
+        """{split: report} on the first `folds` folds; `thresholds` are also applied (served accuracy)."""
+        faces = self.faces()
+        kept = {name: np.isin(p.folds, np.unique(p.folds)[:folds]) for name, p in self.protocols.items()}
+        needed = np.unique(np.concatenate([p.pairs[kept[n]].ravel() for n, p in self.protocols.items()]))
+        embedded = embed_aligned_faces(model, faces[needed], batch_size=self.batch_size)
+        embeddings = np.zeros((len(faces), embedded.shape[1]), np.float32)
+        embeddings[needed] = embedded
+        served = thresholds.get("best_accuracy")
+        reports = {}
+        for name, protocol in self.protocols.items():
+            keep = kept[name]
+            pairs, labels = protocol.pairs[keep], protocol.labels[keep]
+            report: dict[str, Any] = dict(
+                evaluate_embeddings(embeddings, pairs, labels, protocol.folds[keep], served)
+            )
+            scores = cosine_scores(embeddings, pairs)
+            for key, value in thresholds.items():
+                report[f"accuracy_at_{key}"] = accuracy_at_threshold(scores, labels, value)
+            report["folds"] = folds
+            reports[name] = report
+        return reports
+
+
+def align_photos(paths: list[Path], workers: int = 2) -> np.ndarray:
+    """Detect + align each photo like `drface eval` does (no face: centre crop) -> (N, 112, 112, 3) uint8."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model.detect import FaceDetector
+    from training.evaluate import EvalSettings, load_face
+
+    detector, settings = FaceDetector(), EvalSettings()
+    faces = np.empty((len(paths), 112, 112, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        iterator = pool.map(lambda path: load_face(path, detector, settings)[0], paths)
+        for i, face in enumerate(tqdm(iterator, total=len(paths), desc="aligning CFP", unit="img")):
+            faces[i] = face
+    return faces
+
+
+def _cached(cache_dir: Path | None, paths: list[Path], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    if cache_dir is None:
+        return compute()
+    digest = hashlib.sha256("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / f"cfp-{digest}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    array = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp.npy")
+    np.save(temp, array, allow_pickle=False)
+    temp.replace(path)
+    return array
