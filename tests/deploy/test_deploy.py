@@ -29,7 +29,8 @@ def _compose() -> dict:
 
 
 def _dockerfile_instruction(name: str) -> str:
-    lines = (REPO_ROOT / "Dockerfile").read_text().splitlines()
+    """The last `name` instruction's arguments, continuation lines joined."""
+    lines = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
     found = [line for line in lines if line.startswith(name + " ")]
     assert found, f"Dockerfile has no {name}"
     return found[-1][len(name) + 1 :]
