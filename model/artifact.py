@@ -166,9 +166,6 @@ def write_atomic(target: Path, write: Callable[[Path], object]) -> None:
             os.close(dir_fd)
 
 
-_write_atomic = write_atomic  # old private name, still imported by training/checkpoint.py
-
-
 def save_artifact(path_prefix: str | os.PathLike[str], model: nn.Module, card: ModelCard) -> ModelCard:
     """Write `<prefix>.safetensors` and `<prefix>.json`; returns the card as written (with weights_sha256).
 

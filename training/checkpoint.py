@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.artifact import _write_atomic
+from model.artifact import write_atomic
 
 CHECKPOINT_FORMAT = 1
 LAST_NAME = "last.pt"
@@ -69,7 +69,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` (plus the format version) atomically: temp file, fsync, os.replace."""
     payload = {"format": CHECKPOINT_FORMAT, **state}
-    _write_atomic(Path(path), lambda temp: torch.save(payload, temp))
+    write_atomic(Path(path), lambda temp: torch.save(payload, temp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

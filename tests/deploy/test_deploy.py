@@ -92,7 +92,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_dockerfile_cmd_with_compose_environment_serves_healthz(tmp_path):
-    """Run the image's CMD natively, with the api service's environment (host and port adapted to loopback)."""
+    """Run the image's CMD natively with the api service's environment (host and port moved to loopback)."""
     cmd = yaml.safe_load(_dockerfile_instruction("CMD"))
     environment = _compose()["services"]["api"]["environment"]
     env = {k: v for k, v in ((k, _interpolate(str(v))) for k, v in environment.items()) if v}
