@@ -22,14 +22,6 @@ from model.artifact import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def faces() -> torch.Tensor:
     return torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -16,16 +16,6 @@ from model.drconv import (
 )
 from tests.reference_drconv import reference_coefficients, reference_drconv, reference_filters
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one thread is cheaper on the shared CI machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # (in, out, kernel, stride, padding, bias, region_num) covering pointwise, k x k, strided, rectangular, biased
 POINTWISE = (6, 5, 1, 1, None, False, 4)
 POINTWISE_BIAS = (5, 9, 1, 1, 0, True, 8)
