@@ -95,6 +95,8 @@ class FaceDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.num_threads
         options.inter_op_num_threads = 1
+        # Idle onnxruntime threads otherwise spin after each call and steal the CPU from the network run next.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(_model_bytes(), options, providers=["CPUExecutionProvider"])
         self._input_name = self._session.get_inputs()[0].name
 
