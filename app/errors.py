@@ -43,10 +43,6 @@ class UnauthorizedError(ApiError):
     status_code, code = 401, "unauthorized"
 
 
-class NotFoundError(ApiError):
-    status_code, code = 404, "not_found"
-
-
 class TooLargeError(ApiError):
     status_code, code = 413, "too_large"
 

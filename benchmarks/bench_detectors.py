@@ -46,7 +46,6 @@ from model.detect import DetectorConfig, FaceDetector  # noqa: E402
 
 DEFAULT_CFP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cfp"
 LATENCY_SIZES = ((250, 250), (1280, 960))
-BASELINE = "retinaface"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 ImageFormat = Literal["jpeg", "png", "webp", "bmp", "gif"]
-SUPPORTED_FORMATS: tuple[str, ...] = ("jpeg", "png", "webp", "bmp", "gif")
 
 _JPEG_EOI = b"\xff\xd9"
 # Colour types in a PNG IHDR that carry an alpha channel: 4 (gray + alpha), 6 (RGB + alpha).
