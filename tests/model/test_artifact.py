@@ -136,9 +136,12 @@ def test_card_must_agree_with_its_backbone():
         )
 
 
-def test_shipped_default_artifact_loads_and_says_untrained(faces):
+def test_shipped_default_artifact_loads_and_says_what_it_is(faces):
     card = load_card(DEFAULT_WEIGHTS)
-    assert card.trained is False and "untrained" in card.notes.lower()
+    if card.trained:  # a trained model ships its calibrated thresholds and its evaluation
+        assert {"best_accuracy"} <= set(card.thresholds) and card.eval
+    else:
+        assert "untrained" in card.notes.lower()
     loaded = load_artifact(DEFAULT_WEIGHTS)
     assert loaded.card.backbone.drconv
     embeddings = embed_faces(loaded.model, faces)
