@@ -2,6 +2,8 @@
 
     python benchmarks/bench_train.py --batch-size 64 --steps 5 --threads 2
 
+Like `drface train`, the process first switches glibc malloc to keep freed memory (model/allocator.py);
+--default-malloc measures without that (the difference is mostly kernel time spent on page faults).
 One training step = augmentation-free forward + ArcFace head (300 classes) + backward + SGD step, fp32 on CPU
 (bf16 autocast on CUDA with --device cuda). Prints images/s per backbone and the ratio to the plain one,
 in both memory layouts, all measured in the same process (ratios against the plain contiguous run).
@@ -16,6 +18,7 @@ import time
 
 import torch
 
+from model.allocator import keep_freed_memory
 from model.mobilefacenet import build_backbone
 from training.distributed import DistContext
 from training.partial_fc import ShardedMarginHead
@@ -63,8 +66,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc malloc as is (drface train switches it)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        keep_freed_memory()
     device = torch.device(args.device)
     print(
         f"device {device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "

@@ -1,10 +1,12 @@
 """Figure of DRConv region maps: a few CFP identities, frontal and profile, one row per photo.
 
-Each row: the aligned face, then every DRConv layer's guided mask overlaid on it (one colour per region,
-the same colours as the service's `/v1/region-map?format=png`).
+Each row: every DRConv layer's guided mask of one aligned face, one colour per region (the colours of the
+service's `/v1/region-map?format=png`), white dots where alignment puts the eyes, nose tip and mouth corners.
+CFP photos are real people's: by default the figure shows the masks only, no pixel of the photo, so it can be
+committed; `--show-faces` adds the aligned face and blends the masks onto it, for looking at locally.
 
-    python scripts/region_map_figure.py --weights runs/default/drface-default.safetensors \
-        --out docs/region_maps.png
+    python scripts/region_map_figure.py --out docs/region_maps.png
+    python scripts/region_map_figure.py --show-faces --out /tmp/region_maps_faces.png
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from app.region_png import overlay_regions
-from model.align import faces_to_tensor
+from app.region_png import overlay_regions, region_colors
+from model.align import ARCFACE_TEMPLATE_112, faces_to_tensor
 from model.artifact import DEFAULT_WEIGHTS, load_artifact
 from model.detect import FaceDetector
 from training.evaluate import EvalSettings, default_cfp_root, load_face
@@ -34,6 +36,15 @@ def _captioned(image: np.ndarray, caption: str, scale: int = 2) -> np.ndarray:
     return np.vstack([strip, big])
 
 
+def _mask_panel(mask: np.ndarray, regions: int) -> np.ndarray:
+    """(h, w) region indices -> (112, 112, 3) opaque colours with the 5 template landmarks as white dots."""
+    full = cv2.resize(mask.astype(np.int32), (112, 112), interpolation=cv2.INTER_NEAREST)
+    panel = np.ascontiguousarray(region_colors(regions)[np.clip(full, 0, regions - 1)])
+    for x, y in ARCFACE_TEMPLATE_112:
+        cv2.circle(panel, (round(x), round(y)), 2, (255, 255, 255), -1, cv2.LINE_AA)
+    return panel
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,6 +53,7 @@ def main() -> int:
     parser.add_argument("--cfp", type=Path, default=default_cfp_root(), help="CFP root (Data/Images/...)")
     parser.add_argument("--identities", nargs="+", default=["001", "002", "003"], help="CFP identity folders")
     parser.add_argument("--out", type=Path, default=Path("docs/region_maps.png"))
+    parser.add_argument("--show-faces", action="store_true", help="include the photos (never commit that)")
     args = parser.parse_args()
     if args.cfp is None:
         parser.error("CFP data not found: pass --cfp")
@@ -54,8 +66,16 @@ def main() -> int:
             face, _ = load_face(args.cfp / "Data" / "Images" / identity / pose / "01.jpg", detector, settings)
             with torch.inference_mode():
                 masks = loaded.model.region_masks(faces_to_tensor([face]))
-            panels = [_captioned(face, f"{identity} {pose}")]
-            panels += [_captioned(overlay_regions(face, m.mask[0].numpy(), m.regions), m.name) for m in masks]
+            if args.show_faces:
+                panels = [_captioned(face, f"{identity} {pose}")]
+                panels += [
+                    _captioned(overlay_regions(face, m.mask[0].numpy(), m.regions), m.name) for m in masks
+                ]
+            else:
+                panels = [
+                    _captioned(_mask_panel(m.mask[0].numpy(), m.regions), f"{identity} {pose} {m.name}")
+                    for m in masks
+                ]
             rows.append(np.hstack(panels))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.out), np.vstack(rows))

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from model.align import align_center_crop, align_face, faces_to_tensor
+from model.allocator import keep_freed_memory
 from model.artifact import DEFAULT_WEIGHTS, ArtifactError, ModelCard, load_artifact
 from model.decode import ImageError, decode_image
 from model.detect import FaceDetector
@@ -418,6 +419,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """`drface eval`: returns 0 on success, 2 on a user error (message on stderr)."""
     started = time.perf_counter()
+    keep_freed_memory()
     try:
         settings = EvalSettings(
             batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from model.allocator import keep_freed_memory
 from model.artifact import ModelCard, save_artifact
 from training.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
 from training.config import ConfigError, TrainConfig, config_to_yaml, load_config, parse_set_items
@@ -190,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if config.runtime.num_threads is not None:
         torch.set_num_threads(config.runtime.num_threads)
+    keep_freed_memory()
     if config.runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     wall_start = time.perf_counter()

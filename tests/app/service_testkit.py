@@ -23,7 +23,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 90.0
 # CFP frontal photos whose face the detector finds with a score > 0.99 (checked by test_api).
 PERSON_A = "001/frontal/01.jpg"
-PERSON_A_OTHER_PHOTO = "001/frontal/02.jpg"
 PERSON_B = "002/frontal/01.jpg"
 PHOTO_SIDE = 250  # the load test's and these tests' photo size, like the LFW-style crops
 

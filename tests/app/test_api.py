@@ -88,8 +88,7 @@ def test_aligned_crop_gives_the_embedding_of_the_detected_face(client, face_a, f
 
 
 def test_same_photo_shifted_scores_higher_than_a_different_person(client, face_a_bgr, face_b) -> None:
-    # The shipped model may be untrained, so a genuine pair (two photos of one person) is not reliably closer
-    # than an impostor pair. A shifted, re-encoded copy of the same photo goes through detection and alignment
+    # A shifted, re-encoded copy of the same photo goes through detection and alignment
     # again and must land on nearly the same crop, hence nearly the same embedding, with any weights.
     shifted = np.roll(face_a_bgr, shift=(7, -5), axis=(0, 1))
     same = client.post(
@@ -111,11 +110,8 @@ def test_same_photo_shifted_scores_higher_than_a_different_person(client, face_a
     assert len(same["faces"]) == 2 and all(len(f["embedding"]) > 0 for f in same["faces"])
 
 
-def test_genuine_pair_scores_higher_than_impostor_pair_with_a_trained_model(client, cfp_root) -> None:
-    from service_testkit import PERSON_A, PERSON_A_OTHER_PHOTO, PERSON_B, cfp_photo
-
-    if not client.get("/v1/model").json()["trained"]:
-        pytest.skip("the served model is untrained: genuine vs impostor scores are meaningless")
+def test_genuine_pairs_score_higher_than_impostor_pairs(client, cfp_root) -> None:
+    from service_testkit import cfp_photo
 
     def similarity(first: str, second: str) -> float:
         files = {
@@ -124,7 +120,15 @@ def test_genuine_pair_scores_higher_than_impostor_pair_with_a_trained_model(clie
         }
         return client.post("/v1/verify", files=files).json()["similarity"]
 
-    assert similarity(PERSON_A, PERSON_A_OTHER_PHOTO) > similarity(PERSON_A, PERSON_B)
+    # CFP identities 001-006: two frontal photos of one person vs frontal photos of the next person.
+    # Averages over 6 pairs each: the shipped model is ~77% accurate per pair, not per-pair reliable.
+    people = [f"{i:03d}" for i in range(1, 7)]
+    genuine = [similarity(f"{p}/frontal/01.jpg", f"{p}/frontal/02.jpg") for p in people]
+    others = people[1:] + people[:1]
+    impostor = [
+        similarity(f"{p}/frontal/01.jpg", f"{q}/frontal/01.jpg") for p, q in zip(people, others, strict=True)
+    ]
+    assert np.mean(genuine) > np.mean(impostor) + 0.1
 
 
 def test_verify_uses_the_threshold_of_the_request(client, face_a, face_b) -> None:

@@ -138,10 +138,10 @@ def test_card_must_agree_with_its_backbone():
 
 def test_shipped_default_artifact_loads_and_says_what_it_is(faces):
     card = load_card(DEFAULT_WEIGHTS)
-    if card.trained:  # a trained model ships its calibrated thresholds and its evaluation
-        assert {"best_accuracy"} <= set(card.thresholds) and card.eval
-    else:
-        assert "untrained" in card.notes.lower()
+    # the shipped model is trained: it carries thresholds calibrated off CFP and its 10-fold CFP evaluation
+    assert card.trained and {"best_accuracy", "far_1e-3"} <= set(card.thresholds)
+    assert card.eval["cfp_ff"]["folds"] == card.eval["cfp_fp"]["folds"] == 10
+    assert card.training["hardware"]["device"] and card.training["train_seconds"] > 0
     loaded = load_artifact(DEFAULT_WEIGHTS)
     assert loaded.card.backbone.drconv
     embeddings = embed_faces(loaded.model, faces)
