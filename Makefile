@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python -m model.fused  # optional fused DRConv operator (needs g++); falls back to PyTorch without
 	touch $@
 
 install: $(VENV)/.installed

@@ -19,6 +19,9 @@ coordinates. Then
 so the chosen filter's response at every pixel needs W0 * x plus an r-channel update, never the m responses.
 
 Execution paths (``forward`` picks by autograd state, not by ``train()`` / ``eval()``; outputs are equal):
+- 1x1 inference on CPU in float32, when the fused operator is built (``model/fused.py``): one C++ call,
+  ``torch.ops.drface.pointwise_infer``: one product [W0; V; guide] @ x per sample, argmax and selection in one
+  pass over the pixels, the rank update accumulated in place. Otherwise the PyTorch path below.
 - 1x1, stride 1 (the backbone's pointwise convs), x viewed as (B, C, P): one narrow batched product
   [V; guide] @ x gives V x and the guide (r + m rows); mask = argmax of the guide; each pixel's coefficients
   are gathered from s_b (B, r, m) by the mask; y = U (s ⊙ V x) is written first and the main product W0 @ x
@@ -42,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from model import fused
 
 IntOrPair = int | tuple[int, int]
 
@@ -252,6 +257,16 @@ class PointwiseDRConvFunction(torch.autograd.Function):
         )
 
 
+def _fused_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Inference can use the fused CPU operator (model/fused.py): built, float32 on CPU, no autocast."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and fused.available()
+    )
+
+
 def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
@@ -421,6 +436,8 @@ class DRConv2d(nn.Module):
 
     def _forward_pointwise(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """1x1, stride 1, no padding: everything is a per-pixel product over (B, C, P), P = H * W."""
+        if not training and _fused_applies(x, self.weight):
+            return torch.ops.drface.pointwise_infer(x, *self._pointwise_params())
         b, c, h, w = x.shape
         xv = x.reshape(b, c, h * w)
         if training:
@@ -479,7 +496,7 @@ class DRConv2d(nn.Module):
         recording = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters())
         )
-        y, mask = self.forward_training(x) if recording else self.forward_inference(x)
+        y, mask = self._forward(x, training=recording)
         return (y, mask) if return_mask else y
 
     def extra_repr(self) -> str:
