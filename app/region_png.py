@@ -37,10 +37,15 @@ def region_colors(count: int) -> np.ndarray:
     return np.array(colors, dtype=np.uint8).reshape(count, 3)
 
 
+def color_regions(mask: np.ndarray, regions: int) -> np.ndarray:
+    """(h, w) int mask in [0, regions) -> (112, 112, 3) uint8 BGR, a colour per region (nearest)."""
+    full = cv2.resize(mask.astype(np.int32), (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_NEAREST)
+    return region_colors(regions)[np.clip(full, 0, regions - 1)]
+
+
 def overlay_regions(face_bgr: np.ndarray, mask: np.ndarray, regions: int) -> np.ndarray:
     """(112, 112, 3) uint8 face and (h, w) int mask in [0, regions) -> (112, 112, 3) uint8 blended overlay."""
-    full = cv2.resize(mask.astype(np.int32), (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_NEAREST)
-    colored = region_colors(regions)[np.clip(full, 0, regions - 1)]
+    colored = color_regions(mask, regions)
     blended = face_bgr.astype(np.float32) * (1 - OVERLAY_ALPHA) + colored.astype(np.float32) * OVERLAY_ALPHA
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from app.region_png import overlay_regions, region_colors
+from app.region_png import color_regions, overlay_regions
 from model.align import ARCFACE_TEMPLATE_112, faces_to_tensor
 from model.artifact import DEFAULT_WEIGHTS, load_artifact
 from model.detect import FaceDetector
@@ -38,8 +38,7 @@ def _captioned(image: np.ndarray, caption: str, scale: int = 2) -> np.ndarray:
 
 def _mask_panel(mask: np.ndarray, regions: int) -> np.ndarray:
     """(h, w) region indices -> (112, 112, 3) opaque colours with the 5 template landmarks as white dots."""
-    full = cv2.resize(mask.astype(np.int32), (112, 112), interpolation=cv2.INTER_NEAREST)
-    panel = np.ascontiguousarray(region_colors(regions)[np.clip(full, 0, regions - 1)])
+    panel = np.ascontiguousarray(color_regions(mask, regions))
     for x, y in ARCFACE_TEMPLATE_112:
         cv2.circle(panel, (round(x), round(y)), 2, (255, 255, 255), -1, cv2.LINE_AA)
     return panel
