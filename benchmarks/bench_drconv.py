@@ -3,6 +3,8 @@
     python benchmarks/bench_drconv.py            # every pointwise shape of MobileFaceNet, batch 1 and 32
     python benchmarks/bench_drconv.py --quick    # the default backbone's DRConv shapes only, fewer repeats
 
+Rows marked * are shapes the default DRConv-MobileFaceNet uses for DRConv (read from the built network).
+
 Ratios > 1 mean DRConv is slower. "infer": eval mode under torch.inference_mode (generator, guide and mask
 included). "train": forward + backward (input and all weights get gradients). Each time is a median over
 repeated runs, DRConv and Conv2d runs interleaved so machine noise hits both alike; by default the clock is
@@ -24,6 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.drconv import DRConv2d  # noqa: E402
+from model.mobilefacenet import INPUT_SIZE, BackboneConfig, MobileFaceNet  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -34,21 +37,36 @@ class Shape:
     in_channels: int
     out_channels: int
     size: int
-    default: bool  # a DRConv place in the default backbone (stage1 expand/project)
 
 
 SHAPES = (
-    Shape("stage1.0.expand", 64, 128, 56, True),
-    Shape("stage1.project", 128, 64, 28, True),
-    Shape("stage1.expand", 64, 128, 28, True),
-    Shape("stage2.expand", 64, 256, 28, False),
-    Shape("stage2.project", 256, 128, 14, False),
-    Shape("stage3.expand", 128, 256, 14, False),
-    Shape("stage4.expand", 128, 512, 14, False),
-    Shape("stage4.project", 512, 128, 7, False),
-    Shape("stage5.expand", 128, 256, 7, False),
-    Shape("conv_last", 128, 512, 7, False),
+    Shape("stage1.0.expand", 64, 128, 56),
+    Shape("stage1.project", 128, 64, 28),
+    Shape("stage1.expand", 64, 128, 28),
+    Shape("stage2.expand", 64, 256, 28),
+    Shape("stage2.project", 256, 128, 14),
+    Shape("stage3.expand", 128, 256, 14),
+    Shape("stage4.expand", 128, 512, 14),
+    Shape("stage4.project", 512, 128, 7),
+    Shape("stage5.expand", 128, 256, 7),
+    Shape("conv_last", 128, 512, 7),
 )
+
+
+def default_drconv_shapes() -> set[tuple[int, int, int]]:
+    """(C, O, H) of every DRConv in the default DRConv-MobileFaceNet, read from a forward pass."""
+    found: set[tuple[int, int, int]] = set()
+
+    def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: object) -> None:
+        found.add((layer.in_channels, layer.out_channels, inputs[0].shape[-1]))
+
+    network = MobileFaceNet(BackboneConfig()).eval()
+    for layer in network.modules():
+        if isinstance(layer, DRConv2d):
+            layer.register_forward_hook(record)
+    with torch.inference_mode():
+        network(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE))
+    return found
 
 
 def _median_pair(
@@ -122,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
 
-    shapes = [s for s in SHAPES if s.default] if args.quick else list(SHAPES)
+    default_shapes = default_drconv_shapes()
+    in_default = {s: (s.in_channels, s.out_channels, s.size) in default_shapes for s in SHAPES}
+    if not any(in_default.values()):
+        parser.error(f"the default backbone's DRConv shapes {sorted(default_shapes)} are not in SHAPES")
+    shapes = [s for s in SHAPES if in_default[s]] if args.quick else list(SHAPES)
     print(
         f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
         f"region_num={args.region_num}, float32, CPU"
@@ -157,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                 clock,
             )
             print(
-                f"{shape.name:<16} {f'{shape.in_channels}->{shape.out_channels}':>9} "
+                f"{shape.name + ('*' if in_default[shape] else ''):<16} "
+                f"{f'{shape.in_channels}->{shape.out_channels}':>9} "
                 f"{shape.size:>5} {batch:>5} {t_conv_inf * 1e3:>13.3f} {t_dr_inf / t_conv_inf:>11.2f} "
                 f"{t_conv_tr * 1e3:>13.3f} {t_dr_tr / t_conv_tr:>11.2f}"
             )

@@ -259,11 +259,13 @@ class PointwiseDRConvFunction(torch.autograd.Function):
 
 def _fused_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Inference can use the fused CPU operator (model/fused.py): built, float32 on CPU, no autocast."""
+    # cheapest checks first: at batch 1 this runs once per layer and call
     return (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
+        x.is_cpu
+        and x.dtype is torch.float32
+        and weight.dtype is torch.float32
         and fused.available()
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
@@ -342,6 +344,8 @@ class DRConv2d(nn.Module):
         if not isinstance(generator_channels, int) or generator_channels < 1:
             raise DRConvConfigError(f"generator_channels must be a positive int, got {generator_channels!r}")
 
+        # 1x1 kernel, stride 1, no padding: the layer is a per-pixel matrix product
+        self._pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0) and self.stride == (1, 1)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.region_num = region_num
@@ -388,11 +392,6 @@ class DRConv2d(nn.Module):
         """Guide conv weight (m, C, kh, kw) (a view of ``region_weight``)."""
         return self.region_weight[self.rank :]
 
-    @property
-    def _pointwise(self) -> bool:
-        """1x1 kernel, stride 1, no padding: the layer is a per-pixel matrix product."""
-        return self.kernel_size == (1, 1) and self.padding == (0, 0) and self.stride == (1, 1)
-
     # ---- generator --------------------------------------------------------------------------------------
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         """Generator input: x (B, C, H, W) -> (B, C) for 1x1 kernels, else (B, k*k, C) pooled to k x k."""
@@ -436,14 +435,15 @@ class DRConv2d(nn.Module):
 
     def _forward_pointwise(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """1x1, stride 1, no padding: everything is a per-pixel product over (B, C, P), P = H * W."""
-        if not training and _fused_applies(x, self.weight):
-            return torch.ops.drface.pointwise_infer(x, *self._pointwise_params())
+        params = self._pointwise_params()
+        if not training and _fused_applies(x, params[0]):
+            return torch.ops.drface.pointwise_infer.default(x, *params)
         b, c, h, w = x.shape
         xv = x.reshape(b, c, h * w)
         if training:
-            y, mask = PointwiseDRConvFunction.apply(xv, *self._pointwise_params())
+            y, mask = PointwiseDRConvFunction.apply(xv, *params)
         else:
-            y, mask, _ = _pointwise_layer(xv, *self._pointwise_params())
+            y, mask, _ = _pointwise_layer(xv, *params)
         return y.view(b, self.out_channels, h, w), mask.view(b, h, w)
 
     def _forward_general(

@@ -15,12 +15,15 @@ pytestmark = pytest.mark.skipif(
     not fused.available(), reason="fused operator not built (`python -m model.fused`, done by `make install`)"
 )
 
-# (C, O, size, batch, bias, region_num): the default backbone's shapes at batch 1 and 3, plus odd ones
+# (C, O, size, batch, bias, region_num): the default backbone's shapes at batch 1 and 3, odd ones, and maps
+# the operator splits into pixel chunks (33 x 33: two uneven chunks; 56 x 56: four)
 SHAPES = [
     (64, 128, 14, 1, False, 8),
     (128, 64, 7, 3, False, 8),
     (6, 5, 9, 2, True, 4),
     (16, 24, 5, 1, False, 1),
+    (16, 24, 33, 2, False, 8),
+    (64, 128, 56, 1, False, 8),
 ]
 
 
