@@ -1,7 +1,8 @@
 """DRConv-MobileFaceNet vs the plain MobileFaceNet of the same shape: ratios measured in one run.
 
 Measures (fp32, 112x112 input):
-- inference latency at batch 1 and throughput at batch 32 (eval mode, inference_mode);
+- inference latency at batch 1 and throughput at batch 32 (eval mode, inference_mode), eager and as served
+  (`drface serve` runs a frozen TorchScript trace, app/engine.py's trace_for_inference);
 - a training step (forward + ArcFace head + cross-entropy + backward + SGD step) at --train-batch;
 - peak memory of one training step at --memory-batch (128): on CPU the growth of the peak resident set
   (VmHWM, reset just before the step) over the resident set just before the step, each variant in its
@@ -30,8 +31,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from app.engine import TracedNetwork, trace_for_inference  # noqa: E402
 from model.heads import MarginHead  # noqa: E402
 from model.mobilefacenet import INPUT_SIZE, BackboneConfig, MobileFaceNet  # noqa: E402
+
+StepMaker = Callable[[MobileFaceNet], Callable[[], object]]
+"""Builds, for one model, the step a measurement times."""
 
 NUM_CLASSES = 1000
 """Classes of the margin head in the training step (small, so the backbone dominates)."""
@@ -53,7 +58,7 @@ def _time(fn: Callable[[], object], iterations: int, device: torch.device) -> fl
 
 
 def _compare(
-    make_step: Callable[[MobileFaceNet], Callable[[], object]],
+    make_step: StepMaker,
     models: dict[str, MobileFaceNet],
     rounds: int,
     iterations: int,
@@ -70,7 +75,7 @@ def _compare(
     return times
 
 
-def inference_step(batch: int, device: torch.device) -> Callable[[MobileFaceNet], Callable[[], object]]:
+def inference_step(batch: int, device: torch.device) -> StepMaker:
     faces = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
 
     def make(model: MobileFaceNet) -> Callable[[], object]:
@@ -85,7 +90,25 @@ def inference_step(batch: int, device: torch.device) -> Callable[[MobileFaceNet]
     return make
 
 
-def training_step(batch: int, device: torch.device) -> Callable[[MobileFaceNet], Callable[[], object]]:
+def served_inference_step(batch: int, device: torch.device) -> StepMaker:
+    """Inference through the traced network the service runs (batch norm folded, oneDNN)."""
+    faces = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
+
+    def make(model: MobileFaceNet) -> Callable[[], object]:
+        traced = trace_for_inference(model.eval())
+        if not isinstance(traced, TracedNetwork):
+            raise RuntimeError("tracing failed: the service would run the eager network (see the warning)")
+
+        def step() -> object:
+            with torch.inference_mode():
+                return traced(faces)
+
+        return step
+
+    return make
+
+
+def training_step(batch: int, device: torch.device) -> StepMaker:
     faces = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
     labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
 
@@ -218,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("inference latency, batch 1", times, ms), flush=True)
     times = _compare(inference_step(32, device), models, rounds, 1 if args.quick else 2, device)
     print(_row("inference throughput, batch 32", times, per_second(32)), flush=True)
+    times = _compare(served_inference_step(1, device), models, rounds, 5 if args.quick else 20, device)
+    print(_row("served (traced) inference latency, batch 1", times, ms), flush=True)
     times = _compare(training_step(args.train_batch, device), models, rounds, 1, device)
     print(_row(f"training step, batch {args.train_batch}", times, ms), flush=True)
     if not args.skip_memory:

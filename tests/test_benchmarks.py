@@ -1,0 +1,34 @@
+"""The DRConv benchmarks measure what the README reports: the default backbone's DRConv shapes, end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def test_bench_drconv_covers_the_default_backbones_drconv_shapes(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_drconv
+
+    default = bench_drconv.default_drconv_shapes()
+    listed = {(s.in_channels, s.out_channels, s.size) for s in bench_drconv.SHAPES}
+    assert default == {(128, 64, 28)}  # the five stage-1 projections (BackboneConfig defaults)
+    assert default <= listed
+
+
+@pytest.mark.slow
+def test_bench_drconv_quick_runs_and_marks_the_default_shape():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_drconv.py", "--quick", "--batches", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("stage1.project*")]
+    assert len(rows) == 1 and rows[0].split()[1] == "128->64"
