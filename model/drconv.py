@@ -20,8 +20,9 @@ so the chosen filter's response at every pixel needs W0 * x plus an r-channel up
 
 Execution paths (``forward`` picks by autograd state, not by ``train()`` / ``eval()``; outputs are equal):
 - 1x1 inference on CPU in float32, when the fused operator is built (``model/fused.py``): one C++ call,
-  ``torch.ops.drface.pointwise_infer``: one product [W0; V; guide] @ x per sample, argmax and selection in one
-  pass over the pixels, the rank update accumulated in place. Otherwise the PyTorch path below.
+  ``torch.ops.drface.pointwise_infer``: per sample and chunk of pixels one product [W0; V; guide] @ x, the
+  argmax and selection in one pass over the chunk, the rank update accumulated in place while the chunk is in
+  cache; the generator inside the same call. Otherwise the PyTorch path below.
 - 1x1, stride 1 (the backbone's pointwise convs), x viewed as (B, C, P): one narrow batched product
   [V; guide] @ x gives V x and the guide (r + m rows); mask = argmax of the guide; each pixel's coefficients
   are gathered from s_b (B, r, m) by the mask; y = U (s ⊙ V x) is written first and the main product W0 @ x
