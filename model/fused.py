@@ -19,11 +19,13 @@ import torch
 SOURCE = Path(__file__).resolve().parent / "csrc" / "drconv_pointwise.cpp"
 BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "torch_ext"
 LIBRARY_NAME = "drface_ops"
-_STAMP = BUILD_DIR / "source.sha256"  # hash of the source the library was built from
+_STAMP = BUILD_DIR / "source.sha256"  # hash of the source and flags the library was built from
+# built where it runs (install time), so the host's vector instructions are fair game
+_CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
 
 
 def _source_hash() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()
 
 
 def _library_path() -> Path:
@@ -54,8 +56,7 @@ def build(verbose: bool = False) -> Path:
         name=LIBRARY_NAME,
         sources=[str(SOURCE)],
         build_directory=str(BUILD_DIR),
-        # built where it runs (install time), so the host's vector instructions are fair game
-        extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+        extra_cflags=list(_CFLAGS),
         is_python_module=False,
         verbose=verbose,
     )
