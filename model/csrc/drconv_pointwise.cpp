@@ -64,7 +64,7 @@ void generator(const float* x, int64_t C, int64_t P, const float* reduce_w, cons
 }
 
 // Index of each pixel's largest guide channel (first maximum wins, like torch.max), region-outer so the pixel
-// loop vectorises. guide (M, P) without bias.
+// loop vectorises. guide: M rows of P pixels, `stride` floats apart, without the bias.
 void region_argmax(const float* __restrict__ guide, int64_t stride, const float* bias, int64_t M, int64_t P,
                    float* __restrict__ best, int32_t* __restrict__ index) {
   for (int64_t p = 0; p < P; ++p) {
