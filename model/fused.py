@@ -21,7 +21,7 @@ BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "torch_ext"
 LIBRARY_NAME = "drface_ops"
 _STAMP = BUILD_DIR / "source.sha256"  # hash of the source and flags the library was built from
 # built where it runs (install time), so the host's vector instructions are fair game
-_CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+_CFLAGS = ("-O3", "-march=native", "-fopenmp")
 
 
 def _source_hash() -> str:
@@ -57,6 +57,8 @@ def build(verbose: bool = False) -> Path:
         sources=[str(SOURCE)],
         build_directory=str(BUILD_DIR),
         extra_cflags=list(_CFLAGS),
+        # OpenMP for at::parallel_for; libgomp.so.1 resolves to the copy torch has already loaded
+        extra_ldflags=["-fopenmp"],
         is_python_module=False,
         verbose=verbose,
     )

@@ -8,6 +8,8 @@
 // model/drconv.py's PyTorch path (tested against it and the reference).
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <cmath>
@@ -104,34 +106,47 @@ std::tuple<at::Tensor, at::Tensor> pointwise_infer(
   const auto ew = expand_weight.contiguous(), eb = expand_bias.contiguous();
   auto z = at::empty({B, O + R + M, P}, x.options());
   auto mask = at::empty({B, P}, x.options().dtype(at::kLong));
-  // Pixel chunks of about kChunkPixels, evenly split: a chunk's rows of z stay in L2 cache from the product to
-  // the rank update (measured: large maps such as 56x56 gain ~10%, 28x28 maps are one chunk).
+  // Pixel chunks of about kChunkPixels, evenly split, so that a chunk's rows of z stay in L2 cache from the
+  // product to the rank update (28x28 maps are one chunk, 56x56 maps four).
   const int64_t chunks = std::max<int64_t>(1, (P + kChunkPixels - 1) / kChunkPixels);
   const int64_t chunk = (P + chunks - 1) / chunks;
-  std::vector<float> pooled(C), hidden(G), coeffs(M * R), best(chunk), table(M);
-  std::vector<int32_t> index(chunk);
-  for (int64_t b = 0; b < B; ++b) {
-    const auto xb = xv[b];
-    auto zb = z[b];
-    generator(xb.data_ptr<float>(), C, P, rw.data_ptr<float>(), rb.data_ptr<float>(), G, ew.data_ptr<float>(),
-              eb.data_ptr<float>(), M * R, pooled.data(), hidden.data(), coeffs.data());
-    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
-      const int64_t n = std::min(chunk, P - p0);
-      auto zc = zb.narrow(1, p0, n);
-      at::mm_out(zc, stacked, xb.narrow(1, p0, n));
-      float* proj = zb.data_ptr<float>() + O * P + p0;
-      region_argmax(proj + R * P, P, bias.data_ptr<float>(), M, n, best.data(), index.data());
-      const int32_t* __restrict__ idx = index.data();
-      for (int64_t t = 0; t < R; ++t) {
-        for (int64_t j = 0; j < M; ++j) table[j] = coeffs[j * R + t];  // region j's coefficient of rank row t
-        const float* __restrict__ tab = table.data();
-        float* __restrict__ q = proj + t * P;
-        for (int64_t p = 0; p < n; ++p) q[p] *= tab[idx[p]];
+  // Samples [first, last): the generator, then per pixel chunk the product, argmax, selection and rank update.
+  // Worker threads take the caller's thread-local state (inference mode, grad mode) for the ATen calls.
+  const at::ThreadLocalState caller_state;
+  const auto run = [&](int64_t first, int64_t last) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
+    std::vector<float> pooled(C), hidden(G), coeffs(M * R), best(chunk), table(M);
+    std::vector<int32_t> index(chunk);
+    for (int64_t b = first; b < last; ++b) {
+      const auto xb = xv[b];
+      auto zb = z[b];
+      generator(xb.data_ptr<float>(), C, P, rw.data_ptr<float>(), rb.data_ptr<float>(), G,
+                ew.data_ptr<float>(), eb.data_ptr<float>(), M * R, pooled.data(), hidden.data(), coeffs.data());
+      for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+        const int64_t n = std::min(chunk, P - p0);
+        auto zc = zb.narrow(1, p0, n);
+        at::mm_out(zc, stacked, xb.narrow(1, p0, n));
+        float* proj = zb.data_ptr<float>() + O * P + p0;
+        region_argmax(proj + R * P, P, bias.data_ptr<float>(), M, n, best.data(), index.data());
+        const int32_t* __restrict__ idx = index.data();
+        for (int64_t t = 0; t < R; ++t) {
+          for (int64_t j = 0; j < M; ++j) table[j] = coeffs[j * R + t];  // region j's coefficient of row t
+          const float* __restrict__ tab = table.data();
+          float* __restrict__ q = proj + t * P;
+          for (int64_t p = 0; p < n; ++p) q[p] *= tab[idx[p]];
+        }
+        int64_t* __restrict__ mk = mask.data_ptr<int64_t>() + b * P + p0;
+        for (int64_t p = 0; p < n; ++p) mk[p] = idx[p];
+        zc.narrow(0, 0, O).addmm_(u, zc.narrow(0, O, R));
       }
-      int64_t* __restrict__ mk = mask.data_ptr<int64_t>() + b * P + p0;
-      for (int64_t p = 0; p < n; ++p) mk[p] = idx[p];
-      zc.narrow(0, 0, O).addmm_(u, zc.narrow(0, O, R));
     }
+  };
+  // Several samples: one per intra-op thread at a time, each product single-threaded (less synchronisation than
+  // threading every small product). One sample: inline, so its products may use the threads.
+  if (B > 1) {
+    at::parallel_for(0, B, 1, run);
+  } else {
+    run(0, B);
   }
   return {z.narrow(1, 0, O).view({B, O, H, W}), mask.view({B, H, W})};
 }

@@ -65,3 +65,20 @@ def test_training_and_other_dtypes_do_not_use_the_fused_operator():
     assert not drconv._fused_applies(x.double(), layer.weight.double())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not drconv._fused_applies(x, layer.weight)
+
+
+@pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad])
+def test_fused_batch_over_several_threads_matches_one_thread(context):
+    """Batches run one sample per intra-op thread; the workers must see the caller's inference/grad mode."""
+    layer, _ = _case(SHAPES[1])
+    x = torch.randn(5, 128, 14, 14)
+    with context():
+        y_one, mask_one = layer(x, return_mask=True)  # this module's tests run on one thread
+        torch.set_num_threads(2)
+        try:
+            y_two, mask_two = layer(x, return_mask=True)
+        finally:
+            torch.set_num_threads(1)
+    assert torch.equal(mask_two, mask_one)
+    torch.testing.assert_close(y_two, y_one, rtol=1e-6, atol=1e-6)
+    assert not y_two.requires_grad
