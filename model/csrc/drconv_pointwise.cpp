@@ -111,10 +111,7 @@ std::tuple<at::Tensor, at::Tensor> pointwise_infer(
   const int64_t chunks = std::max<int64_t>(1, (P + kChunkPixels - 1) / kChunkPixels);
   const int64_t chunk = (P + chunks - 1) / chunks;
   // Samples [first, last): the generator, then per pixel chunk the product, argmax, selection and rank update.
-  // Worker threads take the caller's thread-local state (inference mode, grad mode) for the ATen calls.
-  const at::ThreadLocalState caller_state;
   const auto run = [&](int64_t first, int64_t last) {
-    const at::ThreadLocalStateGuard state_guard(caller_state);
     std::vector<float> pooled(C), hidden(G), coeffs(M * R), best(chunk), table(M);
     std::vector<int32_t> index(chunk);
     for (int64_t b = first; b < last; ++b) {
@@ -143,8 +140,13 @@ std::tuple<at::Tensor, at::Tensor> pointwise_infer(
   };
   // Several samples: one per intra-op thread at a time, each product single-threaded (less synchronisation than
   // threading every small product). One sample: inline, so its products may use the threads.
+  // Worker threads take the caller's thread-local state (inference mode, grad mode) for the ATen calls.
   if (B > 1) {
-    at::parallel_for(0, B, 1, run);
+    const at::ThreadLocalState caller_state;
+    at::parallel_for(0, B, 1, [&](int64_t first, int64_t last) {
+      const at::ThreadLocalStateGuard state_guard(caller_state);
+      run(first, last);
+    });
   } else {
     run(0, B);
   }
