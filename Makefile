@@ -14,10 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
 	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/python -m model.fused  # optional fused DRConv operator (needs g++); falls back to PyTorch without
 	touch $@
 
-install: $(VENV)/.installed
+# The optional fused DRConv operator (needs g++ and ninja; without them DRConv runs its PyTorch path).
+# Rebuilt when its source changes; its stamp is written only by a successful build.
+model/_ext/source.sha256: model/csrc/drconv_pointwise.cpp $(VENV)/.installed
+	$(BIN)/python -m model.fused
+
+install: $(VENV)/.installed model/_ext/source.sha256
 
 serve: install
 	$(BIN)/drface serve

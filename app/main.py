@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import build_api_router, ops_router
 from app.settings import Settings
+from model import fused
 
 logger = logging.getLogger("drface.app")
 
@@ -47,11 +48,12 @@ async def _load_model(app: FastAPI) -> None:
     app.state.engine = engine
     app.state.metrics.ready.set(1)
     logger.info(
-        "model %s@%s ready (warm-up pass %.1f ms, %d torch threads)",
+        "model %s@%s ready (warm-up pass %.1f ms, %d torch threads, DRConv fused CPU operator %s)",
         engine.card.name,
         engine.card.version,
         warm_ms,
         settings.thread_count(),
+        "on" if fused.available() else "off: PyTorch path (build it with `python -m model.fused`)",
     )
 
 
