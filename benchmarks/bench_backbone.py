@@ -75,33 +75,20 @@ def _compare(
     return times
 
 
-def inference_step(batch: int, device: torch.device) -> StepMaker:
+def inference_step(batch: int, device: torch.device, served: bool = False) -> StepMaker:
+    """Eval-mode forward; ``served``: through the traced network the service runs (BN folded, oneDNN)."""
     faces = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
 
     def make(model: MobileFaceNet) -> Callable[[], object]:
-        model.eval()
+        network: torch.nn.Module = model.eval()
+        if served:
+            network = trace_for_inference(model)
+            if not isinstance(network, TracedNetwork):
+                raise RuntimeError("tracing failed: the service would run the eager network (see warning)")
 
         def step() -> object:
             with torch.inference_mode():
-                return model(faces)
-
-        return step
-
-    return make
-
-
-def served_inference_step(batch: int, device: torch.device) -> StepMaker:
-    """Inference through the traced network the service runs (batch norm folded, oneDNN)."""
-    faces = torch.randn(batch, 3, INPUT_SIZE, INPUT_SIZE, device=device)
-
-    def make(model: MobileFaceNet) -> Callable[[], object]:
-        traced = trace_for_inference(model.eval())
-        if not isinstance(traced, TracedNetwork):
-            raise RuntimeError("tracing failed: the service would run the eager network (see the warning)")
-
-        def step() -> object:
-            with torch.inference_mode():
-                return traced(faces)
+                return network(faces)
 
         return step
 
@@ -241,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("inference latency, batch 1", times, ms), flush=True)
     times = _compare(inference_step(32, device), models, rounds, 1 if args.quick else 2, device)
     print(_row("inference throughput, batch 32", times, per_second(32)), flush=True)
-    times = _compare(served_inference_step(1, device), models, rounds, 5 if args.quick else 20, device)
+    times = _compare(inference_step(1, device, served=True), models, rounds, 5 if args.quick else 20, device)
     print(_row("served (traced) inference latency, batch 1", times, ms), flush=True)
     times = _compare(training_step(args.train_batch, device), models, rounds, 1, device)
     print(_row(f"training step, batch {args.train_batch}", times, ms), flush=True)
