@@ -20,6 +20,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import build_api_router, ops_router
 from app.settings import Settings
+from app.web import install_web_page
 from model import fused
 
 logger = logging.getLogger("drface.app")
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(build_api_router())
     app.include_router(ops_router)
+    install_web_page(app)
     return app
 
 

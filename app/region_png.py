@@ -37,6 +37,11 @@ def region_colors(count: int) -> np.ndarray:
     return np.array(colors, dtype=np.uint8).reshape(count, 3)
 
 
+def region_colors_hex(count: int) -> list[str]:
+    """CSS colours `#rrggbb` of regions 0..count-1, the colours of `region_colors`, for web clients."""
+    return [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in region_colors(count).tolist()]
+
+
 def color_regions(mask: np.ndarray, regions: int) -> np.ndarray:
     """(h, w) int mask in [0, regions) -> (112, 112, 3) uint8 BGR, a colour per region (nearest)."""
     full = cv2.resize(mask.astype(np.int32), (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_NEAREST)

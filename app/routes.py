@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from app.engine import Engine, Face, LayerMask
 from app.errors import NotReadyError, UnauthorizedError
 from app.inputs import read_request
-from app.region_png import render_region_png
+from app.region_png import region_colors_hex, render_region_png
 from app.schemas import (
     EmbedOptions,
     EmbedRequest,
@@ -33,6 +33,7 @@ from app.schemas import (
     VerifyResponse,
 )
 from app.settings import Settings
+from model.align import ARCFACE_TEMPLATE_112
 
 T = TypeVar("T")
 
@@ -262,6 +263,8 @@ def build_api_router() -> APIRouter:
             eval=card.eval,
             backbone=backbone.model_dump(mode="json"),
             notes=card.notes,
+            region_colors=region_colors_hex(card.region_num),
+            aligned_landmarks=np.round(ARCFACE_TEMPLATE_112.astype(float), 4).tolist(),
         )
 
     return router

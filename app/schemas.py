@@ -168,6 +168,18 @@ class ModelInfo(BaseModel):
     eval: dict[str, Any] = Field(description="Evaluation metrics, by protocol name.")
     backbone: dict[str, Any] = Field(description="Every architecture option.")
     notes: str = Field(description="Limits and intended use, from the card.")
+    region_colors: list[str] = Field(
+        default_factory=list,
+        description="CSS colour `#rrggbb` of region j at index j, one per region: the colours the PNG of "
+        "`/v1/region-map` blends onto the face, for clients that draw the JSON masks themselves.",
+        examples=[["#ff2626", "#3d26bf"]],
+    )
+    aligned_landmarks: list[list[float]] = Field(
+        default_factory=list,
+        description="Where alignment puts the 5 landmarks (order of a face's `landmarks`) in the 112x112 "
+        "aligned face that region-map masks cover: the ArcFace template, pixels [x, y].",
+        examples=[[[38.29, 51.7], [73.53, 51.5], [56.03, 71.74], [41.55, 92.37], [70.73, 92.2]]],
+    )
 
 
 class HealthStatus(BaseModel):
