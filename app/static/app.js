@@ -9,6 +9,7 @@ const PANEL_PX = 224; // region panels are drawn at twice the aligned size
 const state = {
   model: null, // GET /v1/model answer, once loaded
   images: { 1: null, 2: null }, // decoded <img> of each chosen file (null when the browser cannot show it)
+  faces: { 1: null, 2: null }, // the face /v1/verify found in each photo, redrawn when the window resizes
   regions: { 1: null, 2: null }, // last region-map answers, redrawn when the overlay opacity changes
 };
 
@@ -110,6 +111,7 @@ function decodeFile(file) {
 async function onFileChosen(index) {
   const file = chosenFile(index);
   state.images[index] = file ? await decodeFile(file) : null;
+  state.faces[index] = null;
   drawPhoto(index, null);
   $("result").hidden = true;
   $("regions").hidden = true;
@@ -120,6 +122,7 @@ async function onFileChosen(index) {
 function drawPhoto(index, face) {
   const canvas = $(`photo${index}`);
   const image = state.images[index];
+  $(`note${index}`).hidden = Boolean(image) || !chosenFile(index);
   if (!image) {
     canvas.hidden = true;
     return;
@@ -361,6 +364,10 @@ async function verify() {
   setStatus("verifying\u2026");
   $("result").hidden = true;
   $("regions").hidden = true;
+  for (const index of [1, 2]) {
+    state.faces[index] = null; // no box from an earlier answer while this one is pending or fails
+    drawPhoto(index, null);
+  }
   try {
     if (!state.model) {
       await loadModel();
@@ -369,8 +376,9 @@ async function verify() {
       method: "POST",
       body: formWith({ image1: files[1], image2: files[2] }),
     });
-    drawPhoto(1, answer.faces[0]);
-    drawPhoto(2, answer.faces[1]);
+    [state.faces[1], state.faces[2]] = answer.faces;
+    drawPhoto(1, state.faces[1]);
+    drawPhoto(2, state.faces[2]);
     showResult(answer);
     setStatus("region maps\u2026");
     for (const index of [1, 2]) {
@@ -432,6 +440,10 @@ function init() {
   $("opacity").addEventListener("input", () => {
     drawRegions(1);
     drawRegions(2);
+  });
+  window.addEventListener("resize", () => {
+    drawPhoto(1, state.faces[1]);
+    drawPhoto(2, state.faces[2]);
   });
   loadModel().catch(() => {
     // shown when the person presses Verify (e.g. a key is needed): no error before they act

@@ -323,7 +323,7 @@ def test_region_panels_look_like_the_png_endpoints(browser: Any, server_url: str
 @pytest.mark.slow
 @pytest.mark.data
 def test_a_file_that_is_not_an_image_shows_the_apis_message(
-    browser: Any, server_url: str, photos: tuple[Path, Path], tmp_path: Path
+    browser: Any, server_url: str, photos: tuple[Path, Path], tmp_path: Path, screenshot_dir: Path
 ) -> None:
     text_file = tmp_path / "notes.txt"
     text_file.write_text("this is not a photo\n")
@@ -337,6 +337,7 @@ def test_a_file_that_is_not_an_image_shows_the_apis_message(
     _press_verify_and_wait(browser)
     assert _error_shown(browser) == answer.json()["error"]["message"]
     assert browser.execute_script("return document.getElementById('result').hidden")
+    _check_layout_and_screenshot(browser, screenshot_dir, "error")
 
 
 @pytest.mark.slow
