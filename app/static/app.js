@@ -21,7 +21,12 @@ function apiHeaders() {
   return key ? { "X-API-Key": key } : {};
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status; // HTTP status; 0 when the server could not be reached
+  }
+}
 
 /** The API's error message of a failed response ({"error": {"code", "message"}}), never empty. */
 async function errorMessage(response) {
@@ -50,10 +55,10 @@ async function callApi(path, options = {}) {
   try {
     response = await fetch(path, { ...options, headers: { ...apiHeaders(), ...(options.headers || {}) } });
   } catch (exc) {
-    throw new ApiError(`could not reach the server (${exc.message})`);
+    throw new ApiError(`could not reach the server (${exc.message})`, 0);
   }
   if (!response.ok) {
-    throw new ApiError(await errorMessage(response));
+    throw new ApiError(await errorMessage(response), response.status);
   }
   return response.json();
 }
@@ -170,11 +175,14 @@ function operatingPointText(verify) {
   const point = verify.operating_point;
   if (point !== undefined && point !== null) {
     if (typeof point !== "object") {
-      return String(point);
+      return String(point).replaceAll("_", " ");
     }
-    return Object.entries(point)
-      .map(([name, value]) => `${name.replaceAll("_", " ")} ${value}`)
+    const { name, ...details } = point; // e.g. {"name": "far_1e-3", "far": 0.001}
+    const detailText = Object.entries(details)
+      .map(([key, value]) => `${key.replaceAll("_", " ")} ${value}`)
       .join(", ");
+    const title = name ? String(name).replaceAll("_", " ") : "";
+    return title && detailText ? `${title} (${detailText})` : title || detailText;
   }
   const name = thresholdName(verify.threshold);
   return name ? `${name.replaceAll("_", " ")} (model card)` : "set by the server";
@@ -395,6 +403,9 @@ async function verify() {
   } catch (exc) {
     setStatus("");
     showError(exc instanceof ApiError ? exc.message : `unexpected error in the page: ${exc}`);
+    if (exc instanceof ApiError && exc.status === 401) {
+      $("api-key").focus(); // the server has keys: the person needs to enter one
+    }
   } finally {
     button.disabled = false;
   }

@@ -160,16 +160,34 @@ def _choose(driver: Any, first: Path, second: Path) -> None:
     driver.find_element("id", "image2").send_keys(str(second))
 
 
-def _press_verify_and_wait(driver: Any) -> None:
-    """Click Verify and wait until the page shows the region maps or an error."""
+def _wait_until(driver: Any, script: str) -> None:
+    """Wait until the JavaScript expression `script` is true in the page (`byId(id)` finds an element)."""
     from selenium.webdriver.support.ui import WebDriverWait
 
+    page_script = f"const byId = (id) => document.getElementById(id); return Boolean({script});"
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script(page_script))
+
+
+def _press_verify_and_wait(driver: Any) -> None:
+    """Click Verify and wait until the page shows the region maps or an error."""
     driver.find_element("id", "verify").click()
-    WebDriverWait(driver, WAIT_S).until(
-        lambda d: d.execute_script(
-            "return !document.getElementById('verify').disabled && "
-            "(!document.getElementById('regions').hidden || !document.getElementById('error').hidden)"
-        )
+    _wait_until(driver, "!byId('verify').disabled && (!byId('regions').hidden || !byId('error').hidden)")
+
+
+def _answer_verify_with(driver: Any, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
+    """Make the page's fetch of /v1/verify get this answer (other routes still reach the server)."""
+    driver.execute_script(
+        """
+        const [status, body, headers] = arguments;
+        const realFetch = window.fetch;
+        window.fetch = (url, options) => String(url).endsWith('/v1/verify')
+          ? Promise.resolve(new Response(JSON.stringify(body),
+              {status, headers: {'Content-Type': 'application/json', ...headers}}))
+          : realFetch(url, options);
+        """,
+        status,
+        body,
+        headers,
     )
 
 
@@ -347,19 +365,48 @@ def test_an_overloaded_answer_shows_the_apis_message_and_when_to_retry(
 ) -> None:
     _open_page(browser, server_url)
     # The server answers 429 only under load; here the browser's fetch answers as the API does then.
-    browser.execute_script(
-        """
-        const realFetch = window.fetch;
-        window.fetch = (url, options) => String(url).endsWith('/v1/verify')
-          ? Promise.resolve(new Response(
-              JSON.stringify({error: {code: 'overloaded', message: 'too many requests are waiting'}}),
-              {status: 429, headers: {'Content-Type': 'application/json', 'Retry-After': '1'}}))
-          : realFetch(url, options);
-        """
-    )
+    overloaded = {"error": {"code": "overloaded", "message": "too many requests are waiting"}}
+    _answer_verify_with(browser, 429, overloaded, {"Retry-After": "1"})
     _choose(browser, *photos)
     _press_verify_and_wait(browser)
     assert _error_shown(browser) == "too many requests are waiting (retry in 1 s)"
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_an_operating_point_in_the_verify_answer_is_shown(
+    browser: Any, server_url: str, photos: tuple[Path, Path]
+) -> None:
+    files = {f"image{i + 1}": photo.read_bytes() for i, photo in enumerate(photos)}
+    answer = httpx.post(server_url + "/v1/verify", files=files, timeout=60).json()
+    answer["operating_point"] = {"name": "far_1e-3", "far": 0.001}
+    _open_page(browser, server_url)
+    _answer_verify_with(browser, 200, answer, {})
+    _choose(browser, *photos)
+    _press_verify_and_wait(browser)
+    assert "far 1e-3 (far 0.001)" in _text(browser, "result")
+
+
+@pytest.mark.slow
+def test_a_dropped_photo_is_chosen_and_shown(browser: Any, server_url: str) -> None:
+    ok, encoded = cv2.imencode(".png", two_drawn_people()[0])
+    assert ok
+    _open_page(browser, server_url)
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+        const zone = document.querySelector('label[for=image2]');
+        zone.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        """,
+        base64.b64encode(encoded.tobytes()).decode(),
+    )
+    _wait_until(browser, "!byId('photo2').hidden")
+    chosen = browser.execute_script("return document.getElementById('image2').files[0].name")
+    assert chosen == "dropped.png"
+    shown = browser.execute_script("const c = document.getElementById('photo2'); return [c.width, c.height]")
+    assert shown == [320, 320]
 
 
 @pytest.fixture(scope="module")
@@ -379,6 +426,7 @@ def test_with_api_keys_the_page_asks_for_one_and_keeps_it_in_session_storage(
     _choose(browser, *photos)
     _press_verify_and_wait(browser)
     assert _error_shown(browser) == missing
+    assert browser.switch_to.active_element.get_attribute("id") == "api-key"
 
     browser.find_element("id", "api-key").send_keys(API_KEY)
     _press_verify_and_wait(browser)
