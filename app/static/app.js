@@ -64,7 +64,7 @@ async function callApi(path, options = {}) {
 }
 
 async function loadModel() {
-  state.model = await callApi("/v1/model");
+  state.model = await callApi("v1/model");
   $("model-name").textContent = `Model: ${state.model.name}@${state.model.version}.`;
   return state.model;
 }
@@ -380,7 +380,7 @@ async function verify() {
     if (!state.model) {
       await loadModel();
     }
-    const answer = await callApi("/v1/verify", {
+    const answer = await callApi("v1/verify", {
       method: "POST",
       body: formWith({ image1: files[1], image2: files[2] }),
     });
@@ -390,7 +390,7 @@ async function verify() {
     showResult(answer);
     setStatus("region maps\u2026");
     for (const index of [1, 2]) {
-      state.regions[index] = await callApi("/v1/region-map", {
+      state.regions[index] = await callApi("v1/region-map", {
         method: "POST",
         body: formWith({ image: files[index] }),
       });
