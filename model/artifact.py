@@ -68,8 +68,13 @@ class ModelCard(BaseModel):
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="Cosine-similarity thresholds for 'same person': keys 'best_accuracy' (k-fold best) and "
-        "'far_1e-3' (false-accept rate 1e-3), each from the eval protocol named in `eval`.",
+        description="Cosine-similarity thresholds for 'same person' by operating point: 'best_accuracy' and "
+        "'far_1e-2', 'far_1e-3', 'far_1e-4' (false-accept rates), calibrated on held-out identities.",
+    )
+    operating_points: dict[str, dict[str, float | int]] = Field(
+        default_factory=dict,
+        description="Per operating point (keys as in `thresholds`): threshold, the FAR and TAR measured "
+        "at it on held-out identities never trained on, and the impostor / genuine pair counts behind them.",
     )
     eval: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics, by protocol name.")
     data: dict[str, Any] = Field(
