@@ -31,6 +31,8 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"drface-default
 """The artifact shipped with the package (the service's and eval's default model)."""
 
 CARD_FORMAT = 1
+# The operating point `/v1/verify` and `drface eval` use unless told otherwise: false accepts at 1 in 1,000.
+DEFAULT_OPERATING_POINT = "far_1e-3"
 
 
 class ArtifactError(Exception):

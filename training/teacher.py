@@ -21,6 +21,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from torch import nn
 
 from model.artifact import write_atomic
 from training.config import DistillInputConfig
@@ -90,14 +92,14 @@ class OnnxTeacher:
         try:
             self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
             self.batched = True
-            self.embedding_dim = self._run(self._probe(2)).shape[1]
+            self.embedding_dim = self.run_raw(self._probe(2)).shape[1]
         except Exception as exc:  # the graph hard-codes batch 1 somewhere inside: run faces one by one
             log.info("teacher does not take batches (%s); running one face at a time", exc)
             try:
                 graph = _repaired_graph(self.path, symbolic_batch=False)
                 self._session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
                 self.batched = False
-                self.embedding_dim = self._run(self._probe(1)).shape[1]
+                self.embedding_dim = self.run_raw(self._probe(1)).shape[1]
             except Exception as inner:
                 raise TeacherError(
                     f"teacher {self.path} does not run on the declared input: {inner}"
@@ -121,7 +123,8 @@ class OnnxTeacher:
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x)
 
-    def _run(self, faces_bgr: np.ndarray) -> np.ndarray:
+    def run_raw(self, faces_bgr: np.ndarray) -> np.ndarray:
+        """(N, 112, 112, 3) uint8 BGR -> the teacher's (N, D) float32 output, not normalised."""
         x = self.preprocess(faces_bgr)
         name = self._session.get_inputs()[0].name
         if self.batched:
@@ -135,7 +138,7 @@ class OnnxTeacher:
 
     def embed(self, faces_bgr: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) uint8 BGR aligned faces -> (N, D) float32 L2-normalised embeddings."""
-        out = self._run(faces_bgr)
+        out = self.run_raw(faces_bgr)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     @property
@@ -143,6 +146,21 @@ class OnnxTeacher:
         """Names this teacher + input declaration: embeddings change when either does."""
         declared = json.dumps(self.input_config.model_dump(mode="json"), sort_keys=True)
         return f"{self.sha256[:16]}-{hashlib.sha256(declared.encode()).hexdigest()[:8]}"
+
+
+class TeacherModule(nn.Module):
+    """An `OnnxTeacher` behind the student's interface, (B, 3, 112, 112) float RGB in [-1, 1] -> (B, D)
+    unnormalised, so `drface eval` measures it with the same pipeline, flip and protocol. CPU only."""
+
+    def __init__(self, teacher: OnnxTeacher) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # tells callers the device and dtype
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        # [-1, 1] RGB came from uint8 as u / 127.5 - 1, so this recovers the exact pixels
+        pixels = ((faces.detach().cpu().flip(1) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return torch.from_numpy(self.teacher.run_raw(pixels.permute(0, 2, 3, 1).numpy()))
 
 
 def face_keys(faces_bgr: np.ndarray) -> np.ndarray:
