@@ -116,12 +116,13 @@ def hardware_summary(context: DistContext) -> dict[str, Any]:
 
 def _load_data(config: TrainConfig, context: DistContext) -> FaceData:
     """Rank 0 prepares / decodes / runs the teacher (filling the caches) before the other ranks read them."""
-    data = _load_data_and_teacher(config) if context.is_main else None
+    data = load_training_data(config) if context.is_main else None
     barrier(context)
-    return data if data is not None else _load_data_and_teacher(config)
+    return data if data is not None else load_training_data(config)
 
 
-def _load_data_and_teacher(config: TrainConfig) -> FaceData:
+def load_training_data(config: TrainConfig) -> FaceData:
+    """The data of `config`, with each training face's teacher embedding when distilling (caches filled)."""
     data = load_face_data(config.data, _cache_dir(config))
     if config.distill.teacher is not None:
         teacher = OnnxTeacher(config.distill.teacher, config.distill.input, config.distill.threads)
