@@ -33,13 +33,11 @@ from app.schemas import (
     VerifyResponse,
 )
 from app.settings import Settings
+from app.thresholds import resolve_threshold
 from model.align import ARCFACE_TEMPLATE_112
 
 T = TypeVar("T")
 
-# Used only when a model card has no threshold (e.g. an untrained model): the cosine similarity above which
-# two faces count as one person.
-FALLBACK_THRESHOLD = 0.3
 _COORDINATE_DECIMALS = 2
 
 _api_key_header = APIKeyHeader(
@@ -84,13 +82,6 @@ ReadyEngine = Annotated[Engine, Depends(require_engine)]
 # -- conversions ------------------------------------------------------------------------------------------
 def model_label(engine: Engine) -> str:
     return f"{engine.card.name}@{engine.card.version}"
-
-
-def default_threshold(engine: Engine, settings: Settings) -> float:
-    """Settings override, else the card's best-accuracy threshold, else FALLBACK_THRESHOLD."""
-    if settings.threshold is not None:
-        return settings.threshold
-    return float(engine.card.thresholds.get("best_accuracy", FALLBACK_THRESHOLD))
 
 
 def layer_out(layer: LayerMask) -> RegionLayer:
@@ -195,12 +186,11 @@ def build_api_router() -> APIRouter:
             request, "verify", engine.verify_photos, images["image1"], images["image2"], options.aligned
         )
         request.app.state.metrics.faces.inc(0 if options.aligned else 2)
-        threshold = (
-            options.threshold if options.threshold is not None else default_threshold(engine, settings)
-        )
+        threshold, operating_point = resolve_threshold(engine.card, options.threshold, settings.threshold)
         return VerifyResponse(
             similarity=round(similarity, 6),
             threshold=threshold,
+            operating_point=operating_point,
             verified=similarity >= threshold,
             faces=[face_out(first), face_out(second)],
             model=model_label(engine),
@@ -246,6 +236,7 @@ def build_api_router() -> APIRouter:
         """Name, version, architecture, thresholds and evaluation results, from the model card."""
         card = engine.card
         backbone = card.backbone
+        threshold, operating_point = resolve_threshold(card, None, get_settings(request).threshold)
         architecture = (
             f"MobileFaceNet with DRConv ({card.region_num} regions)" if backbone.drconv else "MobileFaceNet"
         )
@@ -258,8 +249,10 @@ def build_api_router() -> APIRouter:
             region_num=card.region_num,
             embedding_dim=card.embedding_dim,
             drconv_layers=[name for name, _ in engine.model.drconv_layers()],
-            threshold=default_threshold(engine, get_settings(request)),
+            threshold=threshold,
+            operating_point=operating_point,
             thresholds=card.thresholds,
+            operating_points=card.operating_points,
             eval=card.eval,
             backbone=backbone.model_dump(mode="json"),
             notes=card.notes,

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.thresholds import ThresholdChoice
+
 _B64_DESCRIPTION = (
     "The photo (JPEG, PNG, WebP, BMP or single-frame GIF), base64-encoded; a `data:image/...;base64,` prefix "
     "and line breaks are allowed. No URLs: the server never fetches anything."
@@ -29,12 +31,12 @@ class VerifyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     aligned: bool = Field(False, description=_ALIGNED_DESCRIPTION + " Applies to both images.")
-    threshold: float | None = Field(
+    threshold: ThresholdChoice | None = Field(
         None,
-        ge=-1.0,
-        le=1.0,
-        description="Cosine-similarity threshold for `verified`; default: the model card's threshold "
-        "(see `GET /v1/model`).",
+        description="Cosine-similarity threshold for `verified`: a number in [-1, 1], or the name of one of "
+        "the model's operating points (`far_1e-2`, `far_1e-3`, `far_1e-4`, `best_accuracy`; see "
+        "`GET /v1/model`). Default: the server's (`far_1e-3` unless DRFACE_THRESHOLD says otherwise).",
+        examples=["far_1e-4", 0.35],
     )
 
 
@@ -131,7 +133,13 @@ class VerifyResponse(BaseModel):
         description="Cosine similarity of the two largest faces' embeddings, in [-1, 1].", examples=[0.62]
     )
     threshold: float = Field(
-        description="Threshold applied: the request's, else the model card's.", examples=[0.3]
+        description="Threshold applied: the request's, else the server's default operating point.",
+        examples=[0.3],
+    )
+    operating_point: str = Field(
+        description="Where the threshold came from: an operating point of the model card (`far_1e-3`, ...), "
+        "`custom` for a number, or `fallback` when the card has no calibrated thresholds.",
+        examples=["far_1e-3"],
     )
     verified: bool = Field(
         description="similarity >= threshold: the same person, per this model.", examples=[True]
@@ -164,7 +172,15 @@ class ModelInfo(BaseModel):
     embedding_dim: int = Field(description="Embedding length D.", examples=[512])
     drconv_layers: list[str] = Field(description="Names of the DRConv layers (those `/v1/region-map` shows).")
     threshold: float = Field(description="Default `/v1/verify` threshold.", examples=[0.3])
-    thresholds: dict[str, float] = Field(description="Every threshold on the card, by name.")
+    operating_point: str = Field(
+        description="Name of the default threshold's operating point (`custom` for a number).",
+        examples=["far_1e-3"],
+    )
+    thresholds: dict[str, float] = Field(description="Every threshold on the card, by operating point.")
+    operating_points: dict[str, dict[str, float | int]] = Field(
+        description="Per operating point: threshold, and the false and true accept rates measured at it on "
+        "held-out identities never trained on, with the impostor and genuine pair counts behind them."
+    )
     eval: dict[str, Any] = Field(description="Evaluation metrics, by protocol name.")
     backbone: dict[str, Any] = Field(description="Every architecture option.")
     notes: str = Field(description="Limits and intended use, from the card.")

@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.thresholds import ThresholdChoice
+from model.artifact import DEFAULT_OPERATING_POINT
+
 MEGABYTE = 1024 * 1024
 
 
@@ -59,12 +62,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and of uvicorn."
     )
-    threshold: float | None = Field(
-        None,
-        ge=-1.0,
-        le=1.0,
-        description="Default cosine-similarity threshold of `/v1/verify`; empty = the model card's "
-        "`best_accuracy` threshold.",
+    threshold: ThresholdChoice = Field(
+        DEFAULT_OPERATING_POINT,
+        description="Default threshold of `/v1/verify`: an operating point of the model card (`far_1e-2`, "
+        "`far_1e-3`, `far_1e-4`, `best_accuracy`) or a cosine similarity in [-1, 1].",
     )
     trace_network: bool = Field(
         True,
@@ -82,10 +83,15 @@ class Settings(BaseSettings):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
 
-    @field_validator("weights", "torch_threads", "threshold", mode="before")
+    @field_validator("weights", "torch_threads", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _empty_threshold_is_default(cls, value: object) -> object:
+        return DEFAULT_OPERATING_POINT if value == "" else value
 
     @field_validator("log_level", mode="before")
     @classmethod

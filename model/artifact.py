@@ -31,6 +31,8 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / f"drface-default
 """The artifact shipped with the package (the service's and eval's default model)."""
 
 CARD_FORMAT = 1
+# The operating point `/v1/verify` and `drface eval` use unless told otherwise: false accepts at 1 in 1,000.
+DEFAULT_OPERATING_POINT = "far_1e-3"
 
 
 class ArtifactError(Exception):
@@ -68,8 +70,13 @@ class ModelCard(BaseModel):
     )
     thresholds: dict[str, float] = Field(
         default_factory=dict,
-        description="Cosine-similarity thresholds for 'same person': keys 'best_accuracy' (k-fold best) and "
-        "'far_1e-3' (false-accept rate 1e-3), each from the eval protocol named in `eval`.",
+        description="Cosine-similarity thresholds for 'same person' by operating point: 'best_accuracy' and "
+        "'far_1e-2', 'far_1e-3', 'far_1e-4' (false-accept rates), calibrated on held-out identities.",
+    )
+    operating_points: dict[str, dict[str, float | int]] = Field(
+        default_factory=dict,
+        description="Per operating point (keys as in `thresholds`): threshold, the FAR and TAR measured "
+        "at it on held-out identities never trained on, and the impostor / genuine pair counts behind them.",
     )
     eval: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics, by protocol name.")
     data: dict[str, Any] = Field(

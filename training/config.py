@@ -61,6 +61,12 @@ class DataConfig(_Section):
         description="Maximum verification pairs built from the held-out identities (half genuine).",
     )
     split_seed: int = Field(0, description="Seed of the identity split (independent of the training seed).")
+    unlabelled: list[Path] = Field(
+        default_factory=list,
+        description="Flat folders of faces without identity labels (raw photos or aligned 112x112 crops). "
+        "They train through the distillation loss only, so they need `distill.teacher`. "
+        "`--unlabelled DIR [DIR ...]` sets it.",
+    )
 
 
 class AugmentConfig(_Section):
@@ -167,10 +173,67 @@ class EvalConfig(_Section):
         description="Which verification accuracy picks the best checkpoint that becomes the artifact. "
         "'holdout' keeps CFP an untouched test set; 'last' ships the final epoch.",
     )
-    far_target: float = Field(
-        1e-3, gt=0, lt=1, description="False accept rate of the second calibrated threshold."
-    )
     batch_size: int = Field(64, ge=1, description="Batch size for embedding evaluation images.")
+
+
+class DistillInputConfig(_Section):
+    """How the teacher wants its input: aligned faces are resized, reordered and normalised to this."""
+
+    size: int = Field(112, ge=16, le=1024, description="Side of the square input, pixels.")
+    channel_order: Literal["rgb", "bgr"] = Field("rgb", description="Channel order the teacher expects.")
+    layout: Literal["nchw", "nhwc"] = Field("nchw", description="Tensor layout of the teacher's input.")
+    mean: list[float] = Field(
+        default_factory=lambda: [0.0, 0.0, 0.0],
+        min_length=3,
+        max_length=3,
+        description="Per-channel value subtracted from 0-255 pixels (in `channel_order`).",
+    )
+    std: list[float] = Field(
+        default_factory=lambda: [1.0, 1.0, 1.0],
+        min_length=3,
+        max_length=3,
+        description="Per-channel divisor applied after the mean (in `channel_order`); must be > 0.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> DistillInputConfig:
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class DistillConfig(_Section):
+    """Knowledge distillation from a pretrained ONNX face-embedding model (training time only).
+
+    The student keeps training its ArcFace head on labelled faces; the distillation loss is added on every
+    face, labelled or not. The teacher's embeddings are computed once per face and cached under
+    `data.cache_dir`.
+    """
+
+    teacher: Path | None = Field(None, description="ONNX teacher file; None = no distillation. `--teacher`.")
+    input: DistillInputConfig = Field(default_factory=DistillInputConfig)
+    loss: Literal["projected_cosine", "similarity"] = Field(
+        "projected_cosine",
+        description="'projected_cosine': 1 - cos(P e_student, e_teacher) through a linear projection P "
+        "(student dim -> teacher dim) that is trained and then dropped; 'similarity': mean squared error "
+        "between the batch's student and teacher cosine-similarity matrices (no extra weights).",
+    )
+    weight: float = Field(1.0, gt=0, description="Weight of the distillation loss next to the ArcFace loss.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Faces per teacher call while filling the cache.")
+    threads: int | None = Field(None, ge=1, description="onnxruntime threads for the teacher; None = all.")
+
+
+class ProvenanceConfig(_Section):
+    """Licence terms written into the model card: the user knows them, drface cannot guess them."""
+
+    teacher_licence: str = Field("not declared", description="Licence of the distillation teacher file.")
+    data_licences: dict[str, str] = Field(
+        default_factory=dict,
+        description="Terms of each training data set, by folder name (data.roots and data.unlabelled).",
+    )
+    weights_terms: str = Field(
+        "not declared", description="Terms that follow for the trained weights from the data and teacher."
+    )
 
 
 class RuntimeConfig(_Section):
@@ -214,6 +277,8 @@ class TrainConfig(_Section):
     head: HeadConfig = Field(default_factory=HeadConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     epochs: int = Field(30, ge=1, description="Number of passes over the training identities' images.")
     batch_size: int = Field(
@@ -226,6 +291,11 @@ class TrainConfig(_Section):
     def _check(self) -> TrainConfig:
         if not self.data.roots:
             raise ValueError("data.roots: no dataset given (set data.roots or pass --data DIR)")
+        if self.data.unlabelled and self.distill.teacher is None:
+            raise ValueError(
+                "data.unlabelled: unlabelled faces train only through a teacher; set distill.teacher "
+                "(--teacher PATH.onnx)"
+            )
         return self
 
 

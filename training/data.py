@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FACE_SIZE = 112
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+UNLABELLED = -1  # label of a face without identity: it trains through the distillation loss only
 
 
 class DatasetError(ValueError):
@@ -57,9 +58,8 @@ def scan_identities(root: Path) -> list[Identity]:
     return identities
 
 
-def looks_aligned(identities: Sequence[Identity], samples: int = 8) -> bool:
-    """True when a spread sample of images are all 112x112 (the output of `drface prepare`)."""
-    files = [f for ident in identities for f in ident.files]
+def looks_aligned(files: Sequence[Path], samples: int = 8) -> bool:
+    """True when a spread sample of the images are all 112x112 (the output of `drface prepare`)."""
     step = max(1, len(files) // samples)
     for path in files[::step][:samples]:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -103,11 +103,27 @@ def decode_faces(files: Sequence[Path], cache_dir: Path | None = None) -> np.nda
     return faces
 
 
-def resolve_aligned_root(root: Path, config: DataConfig, cache_dir: Path) -> Path:
+def scan_flat(folder: Path) -> list[Path]:
+    """The images of a flat folder of unlabelled faces (sub-folders included), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"unlabelled folder not found: {folder}")
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.parts)
+    )
+    if not files:
+        raise DatasetError(f"no images in unlabelled folder {folder}")
+    return files
+
+
+def resolve_aligned_root(root: Path, config: DataConfig, cache_dir: Path, flat: bool = False) -> Path:
     """The aligned version of `root`: itself, or its prepared copy under `cache_dir/aligned/<name>`."""
     mode = config.prepared
     if mode == "auto":
-        mode = "aligned" if looks_aligned(scan_identities(root)) else "raw"
+        files = scan_flat(root) if flat else [f for i in scan_identities(root) for f in i.files]
+        mode = "aligned" if looks_aligned(files) else "raw"
     if mode == "aligned":
         return Path(root)
     from training.prepare import PrepareConfig, prepare_dataset, summary_line, write_report
@@ -125,7 +141,8 @@ class FaceData:
     """Everything training needs from the dataset, in memory.
 
     `train_faces` (N, 112, 112, 3) uint8 BGR with `train_labels` (N,) int64 in [0, num_classes);
-    `holdout_faces` (M, 112, 112, 3) with `holdout_pairs` (P, 2) indices and `holdout_same` (P,) bool.
+    `holdout_faces` (M, 112, 112, 3) with `holdout_pairs` (P, 2) indices, `holdout_same` (P,) bool and
+    `holdout_labels` (M,) identity index; `unlabelled_faces` (U, 112, 112, 3) train through distillation only.
     """
 
     train_faces: np.ndarray
@@ -134,11 +151,26 @@ class FaceData:
     holdout_faces: np.ndarray
     holdout_pairs: np.ndarray
     holdout_same: np.ndarray
+    holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    unlabelled_faces: np.ndarray = field(
+        default_factory=lambda: np.empty((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    )
+    teacher_embeddings: np.ndarray | None = None  # (N + U, Dt): train faces, then unlabelled ones
     summary: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def all_training_faces(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labelled then unlabelled faces (N + U, 112, 112, 3), labels (N + U,): UNLABELLED for the latter."""
+        if not len(self.unlabelled_faces):
+            return self.train_faces, self.train_labels
+        faces = np.concatenate([self.train_faces, self.unlabelled_faces])
+        labels = np.concatenate(
+            [self.train_labels, np.full(len(self.unlabelled_faces), UNLABELLED, np.int64)]
+        )
+        return faces, labels
 
 
 def split_identities(
@@ -211,8 +243,20 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
         if held_ids
         else (np.empty((0, 2), np.int64), np.empty(0, bool))
     )
+    unlabelled_files = [
+        f
+        for folder in config.unlabelled
+        for f in scan_flat(resolve_aligned_root(Path(folder), config, cache_dir, flat=True))
+    ]
+    unlabelled_faces = (
+        decode_faces(unlabelled_files, tensor_cache)
+        if unlabelled_files
+        else np.empty((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    )
     summary = {
         "roots": [str(r) for r in config.roots],
+        "unlabelled": [str(u) for u in config.unlabelled],
+        "unlabelled_images": len(unlabelled_files),
         "identities_found": len(identities),
         "identities_dropped_too_few_images": len(identities) - len(kept),
         "min_images_per_identity": config.min_images_per_identity,
@@ -230,6 +274,8 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
         holdout_faces=held_faces,
         holdout_pairs=pairs,
         holdout_same=same,
+        holdout_labels=held_labels,
+        unlabelled_faces=unlabelled_faces,
         summary=summary,
     )
 
@@ -300,8 +346,10 @@ def augment(batch: torch.Tensor, config: AugmentConfig, u: torch.Tensor) -> torc
 class BatchSource:
     """Global batches of the in-memory training set, sliced for one DDP rank.
 
-    Global batch `step` of `epoch` is `perm[step*B:(step+1)*B]`; rank r of w takes rows [r*B/w, (r+1)*B/w),
-    so a w-rank run sees the same global batches as a single-process run with the same global batch size.
+    The set is the labelled faces followed by the unlabelled ones (label UNLABELLED); `teacher` (N, Dt) holds
+    each face's teacher embedding when distilling. Global batch `step` of `epoch` is
+    `perm[step*B:(step+1)*B]`; rank r of w takes rows [r*B/w, (r+1)*B/w), so a w-rank run sees the same
+    global batches as a single-process run with the same global batch size.
     """
 
     def __init__(
@@ -313,11 +361,15 @@ class BatchSource:
         augment_config: AugmentConfig,
         rank: int = 0,
         world_size: int = 1,
+        teacher: np.ndarray | None = None,
     ) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world_size}")
+        if teacher is not None and len(teacher) != len(labels):
+            raise ValueError(f"{len(teacher)} teacher embeddings for {len(labels)} faces")
         self.faces = torch.from_numpy(faces)
         self.labels = torch.from_numpy(labels)
+        self.teacher = torch.from_numpy(teacher) if teacher is not None else None
         self.batch_size = batch_size
         self.seed = seed
         self.augment_config = augment_config
@@ -329,8 +381,9 @@ class BatchSource:
         self._perm_epoch = -1
         self._perm = torch.empty(0, dtype=torch.int64)
 
-    def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (images (b, 3, 112, 112) float [-1, 1], labels (b,) int64) of global batch `step`."""
+    def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This rank's images (b, 3, 112, 112) float [-1, 1], labels (b,) int64 (UNLABELLED for faces without
+        identity) and teacher embeddings (b, Dt) or None, of global batch `step`."""
         if epoch != self._perm_epoch:
             self._perm = epoch_permutation(len(self.labels), self.seed, epoch)
             self._perm_epoch = epoch
@@ -342,4 +395,5 @@ class BatchSource:
         rows = slice(self.rank * local, (self.rank + 1) * local)
         index, draws = index[rows], draws[rows]
         images = augment(to_model_input(self.faces[index]), self.augment_config, draws)
-        return images, self.labels[index]
+        teacher = self.teacher[index] if self.teacher is not None else None
+        return images, self.labels[index], teacher

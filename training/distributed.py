@@ -84,6 +84,16 @@ def all_reduce_sum(value: torch.Tensor, context: DistContext) -> torch.Tensor:
     return value
 
 
+def average_gradients(params: list[torch.nn.Parameter], context: DistContext) -> None:
+    """Average the gradients of replicated parameters outside DDP over ranks (as DDP does); no-op alone."""
+    if not context.distributed:
+        return
+    for param in params:
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(context.world_size)
+
+
 def max_over_ranks(value: int, context: DistContext) -> int:
     """The largest `value` of all ranks (e.g. a received signal number, 0 for none), on every rank."""
     if not context.distributed:

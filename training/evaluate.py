@@ -33,10 +33,17 @@ from tqdm import tqdm
 
 from model.align import align_center_crop, align_face, faces_to_tensor
 from model.allocator import keep_freed_memory
-from model.artifact import DEFAULT_WEIGHTS, ArtifactError, ModelCard, load_artifact
+from model.artifact import (
+    DEFAULT_OPERATING_POINT,
+    DEFAULT_WEIGHTS,
+    ArtifactError,
+    ModelCard,
+    load_artifact,
+)
 from model.decode import ImageError, decode_image
 from model.detect import FaceDetector
 from model.embed import embed_faces
+from training.config import ConfigError, load_config
 from training.metrics import MetricError, RocCurve, roc_curve, verification_report
 from training.protocols import (
     CFP_SPLITS,
@@ -46,11 +53,13 @@ from training.protocols import (
     load_cfp,
     load_pairs_file,
 )
+from training.teacher import OnnxTeacher, TeacherError, TeacherModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT_ENV = "DRFACE_DATA_ROOT"
-# Card threshold reported as "served": an explicit 'served' entry when the card has one, else the k-fold best.
-SERVED_THRESHOLD_KEYS = ("served", "best_accuracy")
+# Card threshold reported as "served": the service's default operating point, else (older cards) the
+# k-fold best.
+SERVED_THRESHOLD_KEYS = (DEFAULT_OPERATING_POINT, "best_accuracy")
 _PLOT_MIN_FPR = 1e-4
 
 
@@ -340,6 +349,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="model weights (.safetensors with its .json card)",
     )
     parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="evaluate an ONNX face-embedding model instead of --weights (same pipeline and protocol); its "
+        "input is declared by distill.input of --config",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="training recipe declaring the --teacher input (default: shipped)",
+    )
+    parser.add_argument(
         "--protocol",
         choices=("cfp", "pairs"),
         default=None,
@@ -411,6 +433,12 @@ def format_report(results: dict[str, dict[str, float | int]]) -> str:
     return "\n".join(lines)
 
 
+def _teacher_model(path: Path, config_path: Path | None) -> torch.nn.Module:
+    """An ONNX model behind the student's interface, its input declared by the recipe's distill.input."""
+    declared = load_config(config_path, {"data.roots": ["unused"]}).distill.input
+    return TeacherModule(OnnxTeacher(path, declared))
+
+
 def _fail(message: str) -> int:
     print(f"drface eval: error: {message}", file=sys.stderr)
     return 2
@@ -427,27 +455,31 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     try:
-        loaded = load_artifact(args.weights, device=args.device)
+        if args.teacher is not None:
+            model, card, name = _teacher_model(args.teacher, args.config), None, args.teacher.name
+        else:
+            loaded = load_artifact(args.weights, device=args.device)
+            model, card = loaded.model, loaded.card
+            name = f"{'trained' if card.trained else 'UNTRAINED'}, {card.name}"
         protocols = _load_protocols(args)
-    except (EvaluationError, ProtocolError, ArtifactError) as exc:
+    except (EvaluationError, ProtocolError, ArtifactError, ConfigError, TeacherError) as exc:
         return _fail(str(exc))
-    threshold = served_threshold(loaded.card)
+    threshold = served_threshold(card)
     try:
-        scored = score_protocols(loaded.model, protocols, settings=settings)
+        scored = score_protocols(model, protocols, settings=settings)
         results = {name: result.report(threshold) for name, result in scored.items()}
     except EvaluationError as exc:
         return _fail(str(exc))
     elapsed = time.perf_counter() - started
     if args.plots is not None:
         curves = {name: result.roc() for name, result in scored.items()}
-        path = save_roc_plot(curves, args.plots / "roc.png", title=f"ROC: {Path(args.weights).name}")
+        source = args.teacher if args.teacher is not None else Path(args.weights)
+        path = save_roc_plot(curves, args.plots / "roc.png", title=f"ROC: {source.name}")
         print(f"ROC curves saved to {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(
-            f"model: {args.weights} ({'trained' if loaded.card.trained else 'UNTRAINED'}, {loaded.card.name})"
-        )
+        print(f"model: {args.teacher or args.weights} ({name})")
         print(format_report(results))
     images = len(_union_images(protocols)[0])
     print(f"evaluated {images} images in {elapsed:.1f} s ({images / elapsed:.1f} images/s)", file=sys.stderr)

@@ -32,14 +32,15 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.data import BatchSource, FaceData
-from training.distributed import DistContext, barrier, max_over_ranks
+from training.distill import DistillLoss
+from training.distributed import DistContext, average_gradients, barrier, max_over_ranks
 from training.monitor import RunLog
 from training.partial_fc import ShardedMarginHead, clip_grad_norm_
 from training.schedule import learning_rate, margins
 from training.validate import AlignedCfp, holdout_report
 
 # Sections of the config that must match between a checkpoint and the run resuming it.
-RESUME_FIXED_SECTIONS = ("data", "model", "head", "augment")
+RESUME_FIXED_SECTIONS = ("data", "model", "head", "augment", "distill")
 
 
 def seed_everything(seed: int) -> None:
@@ -62,17 +63,22 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return torch.float16
 
 
-def parameter_groups(backbone: nn.Module, head: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """[backbone decayed, backbone not decayed (norms, biases, PReLU), head]; the head is always last."""
+def parameter_groups(
+    backbone: nn.Module, head: nn.Module, config: TrainConfig, extra: nn.Module | None = None
+) -> list[dict[str, Any]]:
+    """[backbone decayed, backbone not decayed (norms, biases, PReLU), extra (e.g. the distillation
+    projection, decayed), head]; the head is always last."""
     decay, no_decay = [], []
     for param in backbone.parameters():
         if not param.requires_grad:
             continue
         (no_decay if config.optim.no_decay_norm_bias and param.ndim <= 1 else decay).append(param)
     head_decay = config.optim.head_weight_decay
+    extra_params = list(extra.parameters()) if extra is not None else []
     return [
         {"params": decay, "weight_decay": config.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
+        *([{"params": extra_params, "weight_decay": config.optim.weight_decay}] if extra_params else []),
         {
             "params": [head.weight],
             "weight_decay": config.optim.weight_decay if head_decay is None else head_decay,
@@ -161,17 +167,27 @@ class Trainer:
             self.backbone = DistributedDataParallel(
                 self.net, device_ids=[device.index] if device.type == "cuda" else None
             )
-        self.optimizer = build_optimizer(parameter_groups(self.net, self.head, config), config)
+        self.distill: DistillLoss | None = None
+        if data.teacher_embeddings is not None:
+            self.distill = DistillLoss(
+                config.distill.loss,
+                self.net.config.embedding_dim,
+                data.teacher_embeddings.shape[1],
+                init_seed=config.runtime.seed,
+            ).to(device)
+        self.optimizer = build_optimizer(parameter_groups(self.net, self.head, config, self.distill), config)
         self.amp_dtype = autocast_dtype(config, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        faces, labels = data.all_training_faces()
         self.source = BatchSource(
-            data.train_faces,
-            data.train_labels,
+            faces,
+            labels,
             config.batch_size,
             config.runtime.seed,
             config.augment,
             context.rank,
             context.world_size,
+            teacher=data.teacher_embeddings,
         )
         self.steps_per_epoch = self.source.steps
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -201,9 +217,11 @@ class Trainer:
         return lr
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Train on global batch (epoch, step) -> (loss, accuracy, lr); does not advance the position."""
+        """Train on global batch (epoch, step) -> (loss, accuracy, lr); does not advance the position.
+
+        loss = ArcFace loss on the labelled rows + distill.weight * distillation loss on all rows."""
         lr = self._set_schedules()
-        images, labels = self.source.batch(self.epoch, self.step)
+        images, labels, teacher = self.source.batch(self.epoch, self.step)
         images = images.to(self.context.device, memory_format=self.memory_format, non_blocking=True)
         labels = labels.to(self.context.device, non_blocking=True)
         self.backbone.train()
@@ -215,11 +233,16 @@ class Trainer:
         ):
             embeddings = self.backbone(images)
         loss, accuracy = self.head(embeddings.float(), labels)
+        if self.distill is not None and teacher is not None:
+            teacher = teacher.to(self.context.device, non_blocking=True)
+            loss = loss + self.config.distill.weight * self.distill(embeddings.float(), teacher)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        clip_grad_norm_(
-            self.net.parameters(), [self.head.weight], self.config.optim.grad_clip_norm, self.context
-        )
+        replicated = list(self.net.parameters())
+        if self.distill is not None:
+            average_gradients(list(self.distill.parameters()), self.context)
+            replicated += list(self.distill.parameters())
+        clip_grad_norm_(replicated, [self.head.weight], self.config.optim.grad_clip_norm, self.context)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach(), accuracy.detach(), lr
@@ -245,6 +268,9 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "backbone": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
             "head_weight": self.head.full_weight().cpu(),
+            "distill": {k: v.detach().cpu() for k, v in self.distill.state_dict().items()}
+            if self.distill is not None
+            else {},
             "optimizer": optimizer_state,
             "scaler": self.scaler.state_dict(),
             "rng": capture_rng_state(),
@@ -272,6 +298,8 @@ class Trainer:
         ):
             raise CheckpointError("batch_size differs from the checkpoint's; cannot resume")
         self.net.load_state_dict(state["backbone"])
+        if self.distill is not None:
+            self.distill.load_state_dict(state["distill"])
         with torch.no_grad():
             self.head.weight.copy_(self.head.shard_of(state["head_weight"]).to(self.head.weight.device))
         optimizer_state = state["optimizer"]
@@ -316,7 +344,7 @@ class Trainer:
                 self.data.holdout_faces,
                 self.data.holdout_pairs,
                 self.data.holdout_same,
-                self.config.eval.far_target,
+                self.data.holdout_labels,
                 self.config.eval.batch_size,
             )
         if self.cfp is not None:

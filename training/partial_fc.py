@@ -49,10 +49,11 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
-    """Mean softmax cross-entropy of logits split by columns across ranks; labels -1 = target elsewhere."""
+    """Mean softmax cross-entropy over the `counted` rows of logits split by columns across ranks;
+    labels -1 = target elsewhere."""
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
         logits32 = logits.float()
         row_max = logits32.max(dim=1).values
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
@@ -64,27 +65,29 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         target = torch.zeros_like(row_max)
         target[rows] = logits32[rows, labels[rows]]
         dist.all_reduce(target, op=dist.ReduceOp.SUM)
-        loss = (torch.log(row_sum) + row_max - target).mean()
+        weight = counted.float() / counted.sum().clamp(min=1)
+        loss = ((torch.log(row_sum) + row_max - target) * weight).sum()
         probs = exp / row_sum[:, None]
-        ctx.save_for_backward(probs, labels)
+        ctx.save_for_backward(probs, labels, weight)
         ctx.logits_dtype = logits.dtype
         return loss
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
-        probs, labels = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        probs, labels, weight = ctx.saved_tensors
         grad = probs.clone()
         rows = torch.nonzero(labels != NO_TARGET).squeeze(1)
         grad[rows, labels[rows]] -= 1.0
-        grad *= grad_loss / probs.shape[0]
-        return grad.to(ctx.logits_dtype), None
+        grad *= grad_loss * weight[:, None]
+        return grad.to(ctx.logits_dtype), None, None
 
 
 class ShardedMarginHead(nn.Module):
     """Class centres of this rank (N_local, D) + combined margin + (distributed) cross-entropy.
 
     `forward(embeddings (b, D), labels (b,)) -> (loss scalar, accuracy scalar)` where both are over the global
-    batch. `scale` and the margins are plain attributes so the loop can schedule them.
+    batch's labelled rows: a label of -1 (training.data.UNLABELLED) marks a face without identity, which adds
+    nothing here. `scale` and the margins are plain attributes so the loop can schedule them.
     """
 
     def __init__(
@@ -128,15 +131,19 @@ class ShardedMarginHead(nn.Module):
             margin_arc=self.margin_arc,
             margin_cos=self.margin_cos,
         )
-        loss = (
-            _ShardedCrossEntropy.apply(logits, local_labels)
-            if distributed
-            else F.cross_entropy(logits, labels)
-        )
-        return loss, self._accuracy(cos.detach(), labels)
+        labelled = labels >= 0
+        if distributed:
+            loss = _ShardedCrossEntropy.apply(logits, local_labels, labelled)
+        elif bool(labelled.all()):
+            loss = F.cross_entropy(logits, labels)
+        else:  # the mean over labelled rows only; 0 (with a graph) when the batch has none
+            loss = (F.cross_entropy(logits, labels.clamp(min=0), reduction="none") * labelled).sum() / (
+                labelled.sum().clamp(min=1)
+            )
+        return loss, self._accuracy(cos.detach(), labels, labelled)
 
-    def _accuracy(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Fraction of rows whose nearest class centre (plain cosine, no margin) is the label."""
+    def _accuracy(self, cos: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+        """Fraction of labelled rows whose nearest class centre (plain cosine, no margin) is the label."""
         best, index = cos.max(dim=1)
         if self.context.distributed:
             candidates = [torch.empty_like(best) for _ in range(self.context.world_size)]
@@ -146,7 +153,7 @@ class ShardedMarginHead(nn.Module):
             dist.all_reduce(predicted, op=dist.ReduceOp.SUM)
         else:
             predicted = index
-        return (predicted == labels).float().mean()
+        return ((predicted == labels) & labelled).float().sum() / labelled.sum().clamp(min=1)
 
     # ---- checkpoint support: the full matrix, independent of the world size
 

@@ -27,6 +27,7 @@ from training.data import DatasetError, FaceData, load_face_data
 from training.distributed import DistContext, barrier, setup, teardown
 from training.loop import FitResult, Trainer
 from training.monitor import CURVES_NAME, METRICS_NAME, RunLog, plot_curves
+from training.teacher import OnnxTeacher, TeacherError, teacher_embeddings
 from training.validate import AlignedCfp, find_cfp_root
 
 EXIT_USAGE = 2
@@ -38,6 +39,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, help="YAML recipe (default: configs/default.yaml, the shipped model)"
     )
     parser.add_argument("--data", type=Path, nargs="+", metavar="DIR", help="dataset root(s) -> data.roots")
+    parser.add_argument(
+        "--unlabelled",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="flat folders of faces without identity labels (distillation only) -> data.unlabelled",
+    )
+    parser.add_argument("--teacher", type=Path, help="ONNX face-embedding model to distil -> distill.teacher")
     parser.add_argument("--out", type=Path, help="run folder -> out")
     parser.add_argument("--epochs", type=int, help="-> epochs")
     parser.add_argument("--batch-size", type=int, help="global batch size -> batch_size")
@@ -63,6 +72,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Dotted-key overrides from the dedicated flags, then `--set` (which wins)."""
     flags: dict[str, Any] = {
         "data.roots": [str(p) for p in args.data] if args.data else None,
+        "data.unlabelled": [str(p) for p in args.unlabelled] if args.unlabelled else None,
+        "distill.teacher": str(args.teacher) if args.teacher else None,
         "out": str(args.out) if args.out else None,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -104,10 +115,28 @@ def hardware_summary(context: DistContext) -> dict[str, Any]:
 
 
 def _load_data(config: TrainConfig, context: DistContext) -> FaceData:
-    """Rank 0 prepares / decodes (filling the caches) before the other ranks read them."""
-    data = load_face_data(config.data, _cache_dir(config)) if context.is_main else None
+    """Rank 0 prepares / decodes / runs the teacher (filling the caches) before the other ranks read them."""
+    data = load_training_data(config) if context.is_main else None
     barrier(context)
-    return data if data is not None else load_face_data(config.data, _cache_dir(config))
+    return data if data is not None else load_training_data(config)
+
+
+def load_training_data(config: TrainConfig) -> FaceData:
+    """The data of `config`, with each training face's teacher embedding when distilling (caches filled)."""
+    data = load_face_data(config.data, _cache_dir(config))
+    if config.distill.teacher is not None:
+        teacher = OnnxTeacher(config.distill.teacher, config.distill.input, config.distill.threads)
+        faces, _ = data.all_training_faces()
+        data.teacher_embeddings = teacher_embeddings(
+            faces, teacher, _cache_dir(config), config.distill.batch_size, config.runtime.progress
+        )
+        data.summary["teacher"] = {
+            "file": teacher.path.name,
+            "sha256": teacher.sha256,
+            "embedding_dim": teacher.embedding_dim,
+            "licence": config.provenance.teacher_licence,
+        }
+    return data
 
 
 def _cache_dir(config: TrainConfig) -> Path:
@@ -136,9 +165,11 @@ def _finalize(
         trainer.net.load_state_dict(best["backbone"])
         shipped_epoch = int(best["epoch"])
     results = trainer.evaluate(final=True)
-    thresholds = dict(results.get("holdout", {}).get("thresholds", {}))
+    holdout = results.get("holdout", {})
+    thresholds = dict(holdout.get("thresholds", {}))
     evaluation = {
-        name: {k: v for k, v in report.items() if k != "thresholds"} for name, report in results.items()
+        name: {k: v for k, v in report.items() if k not in ("thresholds", "operating_points")}
+        for name, report in results.items()
     }
     card = ModelCard.for_backbone(
         trainer.net.config,
@@ -146,8 +177,13 @@ def _finalize(
         version=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
         trained=True,
         thresholds=thresholds,
+        operating_points=holdout.get("operating_points", {}),
         eval=evaluation,
-        data=trainer.data.summary,
+        data={
+            **trainer.data.summary,
+            "licences": config.provenance.data_licences,
+            "weights_terms": config.provenance.weights_terms,
+        },
         training={
             "epochs": config.epochs,
             "shipped_epoch": shipped_epoch,
@@ -234,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
             _print_summary(weights, evaluation)
         barrier(context)
         return 0
-    except (DatasetError, CheckpointError) as exc:
+    except (DatasetError, CheckpointError, TeacherError) as exc:
         print(f"drface train: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:

@@ -36,26 +36,57 @@ def threshold_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> float:
     )  # not even one false accept allowed: just above the top impostor
 
 
+OPERATING_FARS = (1e-2, 1e-3, 1e-4)  # operating points of the model card, besides the best-accuracy one
+
+
+def all_pair_scores(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores of every unordered pair of (M, D) `embeddings` -> (scores (P,), same (P,) bool),
+    P = M (M - 1) / 2, with `same` from the identity `labels` (M,)."""
+    unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    rows, cols = np.triu_indices(len(unit), k=1)
+    scores = np.einsum("pd,pd->p", unit[rows], unit[cols])
+    return scores, labels[rows] == labels[cols]
+
+
+def operating_points(scores: np.ndarray, same: np.ndarray, best_accuracy: float) -> dict[str, dict[str, Any]]:
+    """The card's operating points from every held-out pair: for the best-accuracy threshold and for each
+    target FAR in OPERATING_FARS, the threshold with the FAR and TAR measured at it and the pair counts."""
+    impostor, genuine = scores[~same], scores[same]
+    named = {"best_accuracy": best_accuracy}
+    named.update({threshold_key(far): threshold_at_far(scores, same, far) for far in OPERATING_FARS})
+    return {
+        name: {
+            "threshold": float(threshold),
+            "far": float(np.mean(impostor >= threshold)),
+            "tar": float(np.mean(genuine >= threshold)),
+            "impostor_pairs": int(impostor.size),
+            "genuine_pairs": int(genuine.size),
+        }
+        for name, threshold in named.items()
+    }
+
+
 def holdout_report(
     model: nn.Module,
     faces_bgr: np.ndarray,
     pairs: np.ndarray,
     same: np.ndarray,
-    far_target: float,
+    labels: np.ndarray,
     batch_size: int,
 ) -> dict[str, Any]:
-    """Verification metrics on held-out identities plus the thresholds calibrated on them.
+    """Verification metrics on held-out identities plus the operating points calibrated on them.
 
-    faces_bgr (M, 112, 112, 3) uint8 aligned; pairs (P, 2) indices into it; same (P,) bool. Keys: those of
-    `metrics.verification_report` (10 balanced folds) and `thresholds` {'best_accuracy': t, 'far_1e-3': t}.
+    faces_bgr (M, 112, 112, 3) uint8 aligned with identity `labels` (M,); pairs (P, 2) balanced pairs into it
+    with same (P,) bool. Keys: those of `metrics.verification_report` (10 balanced folds over `pairs`),
+    `operating_points` (see `operating_points`, from all M (M - 1) / 2 pairs, so a FAR of 1e-4 rests on every
+    impostor pair there is) and `thresholds` {name: threshold} of those points.
     """
     embeddings = embed_aligned_faces(model, faces_bgr, batch_size=batch_size)
     report: dict[str, Any] = dict(evaluate_embeddings(embeddings, pairs, same))
-    scores = cosine_scores(embeddings, pairs)
-    report["thresholds"] = {
-        "best_accuracy": best_threshold(scores, same)[0],
-        threshold_key(far_target): threshold_at_far(scores, same, far_target),
-    }
+    best = best_threshold(cosine_scores(embeddings, pairs), same)[0]
+    points = operating_points(*all_pair_scores(embeddings, labels), best)
+    report["operating_points"] = points
+    report["thresholds"] = {name: point["threshold"] for name, point in points.items()}
     return report
 
 

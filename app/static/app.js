@@ -160,32 +160,36 @@ function drawPhoto(index, face) {
 }
 
 // -- result --------------------------------------------------------------------------------------------------
-/** Name of the model-card threshold equal to `threshold`, e.g. "best_accuracy"; null for another value. */
-function thresholdName(threshold) {
-  const thresholds = (state.model && state.model.thresholds) || {};
-  for (const [name, value] of Object.entries(thresholds)) {
-    if (Math.abs(value - threshold) < 1e-9) {
-      return name;
-    }
+const POINT_MEANINGS = {
+  best_accuracy: "calibrated on held-out people for the best accuracy",
+  custom: "a threshold given as a number",
+  fallback: "the card has no calibrated threshold",
+};
+
+/** Name of the operating point the verify answer used: its `operating_point`, or for a server that does not
+ * send one, the model-card threshold equal to the applied threshold. */
+function operatingPointName(verify) {
+  if (typeof verify.operating_point === "string") {
+    return verify.operating_point;
   }
-  return null;
+  const thresholds = (state.model && state.model.thresholds) || {};
+  const match = Object.entries(thresholds).find(([, value]) => Math.abs(value - verify.threshold) < 1e-9);
+  return match ? match[0] : "custom";
 }
 
-function operatingPointText(verify) {
-  const point = verify.operating_point;
-  if (point !== undefined && point !== null) {
-    if (typeof point !== "object") {
-      return String(point).replaceAll("_", " ");
-    }
-    const { name, ...details } = point; // e.g. {"name": "far_1e-3", "far": 0.001}
-    const detailText = Object.entries(details)
-      .map(([key, value]) => `${key.replaceAll("_", " ")} ${value}`)
-      .join(", ");
-    const title = name ? String(name).replaceAll("_", " ") : "";
-    return title && detailText ? `${title} (${detailText})` : title || detailText;
+const percent = (rate) => `${(100 * rate).toPrecision(2)}%`;
+
+/** What the operating point means: the false and true accept rates measured at it, where the card has them. */
+function operatingPointDetail(name) {
+  const measured = ((state.model && state.model.operating_points) || {})[name];
+  if (measured && typeof measured.far === "number" && typeof measured.tar === "number") {
+    return `false accepts ${percent(measured.far)}, true accepts ${percent(measured.tar)} on held-out people`;
   }
-  const name = thresholdName(verify.threshold);
-  return name ? `${name.replaceAll("_", " ")} (model card)` : "set by the server";
+  const far = /^far_(.+)$/.exec(name);
+  if (far) {
+    return `calibrated on held-out people for a false accept rate of ${far[1]}`;
+  }
+  return POINT_MEANINGS[name] || "";
 }
 
 function row(term, value) {
@@ -208,13 +212,14 @@ function showResult(verify) {
   facts.append(
     row("similarity", verify.similarity.toFixed(4)),
     row("threshold", verify.threshold.toFixed(4)),
-    row("operating point", operatingPointText(verify)),
+    row("operating point", operatingPointName(verify)),
     row("model", verify.model),
     row("server time", `${verify.time_ms.toFixed(0)} ms`),
   );
   const rule = document.createElement("p");
   rule.className = "rule";
-  rule.textContent = "Same person when similarity \u2265 threshold.";
+  const detail = operatingPointDetail(operatingPointName(verify));
+  rule.textContent = `Same person when similarity \u2265 threshold${detail ? ` (${detail})` : ""}.`;
   result.append(verdict, facts, rule);
   if (state.model && state.model.trained === false) {
     const warning = document.createElement("p");

@@ -135,10 +135,41 @@ def test_verify_uses_the_threshold_of_the_request(client, face_a, face_b) -> Non
     files = {"image1": ("a.jpg", face_a, "image/jpeg"), "image2": ("b.jpg", face_b, "image/jpeg")}
     low = client.post("/v1/verify", files=files, data={"threshold": "-1"}).json()
     high = client.post("/v1/verify", files=files, data={"threshold": "1"}).json()
-    assert (low["threshold"], low["verified"]) == (-1.0, True)
+    assert (low["threshold"], low["verified"], low["operating_point"]) == (-1.0, True, "custom")
     assert (high["threshold"], high["verified"]) == (1.0, high["similarity"] >= 1.0)
+    info = client.get("/v1/model").json()
     default = client.post("/v1/verify", files=files).json()
-    assert default["threshold"] == client.get("/v1/model").json()["threshold"]
+    assert (default["threshold"], default["operating_point"]) == (info["threshold"], info["operating_point"])
+
+
+def test_verify_defaults_to_the_far_1e_3_operating_point_and_takes_named_ones(client, face_a, face_b) -> None:
+    info = client.get("/v1/model").json()
+    assert info["operating_point"] == "far_1e-3"
+    assert (
+        info["threshold"]
+        == info["thresholds"]["far_1e-3"]
+        == info["operating_points"]["far_1e-3"]["threshold"]
+    )
+    files = {"image1": ("a.jpg", face_a, "image/jpeg"), "image2": ("b.jpg", face_b, "image/jpeg")}
+    for name in info["thresholds"]:
+        body = client.post("/v1/verify", files=files, data={"threshold": name}).json()
+        assert (body["threshold"], body["operating_point"]) == (info["thresholds"][name], name)
+        assert body["verified"] is (body["similarity"] >= body["threshold"])
+    as_json = {
+        "image1": base64.b64encode(face_a).decode(),
+        "image2": base64.b64encode(face_b).decode(),
+        "threshold": "best_accuracy",
+    }
+    assert client.post("/v1/verify", json=as_json).json()["operating_point"] == "best_accuracy"
+
+
+def test_verify_refuses_an_operating_point_the_card_does_not_have(client, face_a, face_b) -> None:
+    files = {"image1": ("a.jpg", face_a, "image/jpeg"), "image2": ("b.jpg", face_b, "image/jpeg")}
+    for name, says in (("far_1e-9", "available: best_accuracy"), ("strict", "threshold")):
+        response = client.post("/v1/verify", files=files, data={"threshold": name})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert says in response.json()["error"]["message"]
 
 
 def test_region_map_has_every_drconv_layer_with_documented_shape_and_values(client, face_a) -> None:
@@ -184,6 +215,7 @@ def test_model_info_comes_from_the_card(client) -> None:
     assert (info["name"], info["version"], info["trained"]) == (card.name, card.version, card.trained)
     assert (info["embedding_dim"], info["region_num"]) == (card.embedding_dim, card.region_num)
     assert info["thresholds"] == card.thresholds
+    assert info["operating_points"] == card.operating_points
 
 
 def test_metrics_count_requests_faces_and_errors(client, face_a) -> None:

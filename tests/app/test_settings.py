@@ -49,3 +49,16 @@ def test_every_setting_is_in_the_api_docs_table() -> None:
     table = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     for name in Settings.model_fields:
         assert f"| `DRFACE_{name.upper()}` |" in table, name
+
+
+def test_threshold_is_an_operating_point_name_or_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().threshold == "far_1e-3"
+    for given, expected in (("far_1e-4", "far_1e-4"), ("best_accuracy", "best_accuracy"), ("0.42", 0.42)):
+        monkeypatch.setenv("DRFACE_THRESHOLD", given)
+        assert Settings().threshold == expected
+    monkeypatch.setenv("DRFACE_THRESHOLD", "")
+    assert Settings().threshold == "far_1e-3"
+    for bad in ("2", "strict", "far_1e3"):
+        monkeypatch.setenv("DRFACE_THRESHOLD", bad)
+        with pytest.raises(ValueError, match="threshold"):
+            Settings()

@@ -61,13 +61,18 @@ def test_ranks_split_the_same_global_batch():
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (40, 112, 112, 3), dtype=np.uint8)
     labels = np.arange(40) % 7
+    teacher = rng.standard_normal((40, 5)).astype(np.float32)
     config = AugmentConfig()
-    single = BatchSource(faces, labels, 8, seed=3, augment_config=config)
-    ranks = [BatchSource(faces, labels, 8, 3, config, rank=r, world_size=2) for r in range(2)]
-    images, batch_labels = single.batch(epoch=1, step=2)
+    single = BatchSource(faces, labels, 8, seed=3, augment_config=config, teacher=teacher)
+    ranks = [BatchSource(faces, labels, 8, 3, config, r, 2, teacher) for r in range(2)]
+    images, batch_labels, batch_teacher = single.batch(epoch=1, step=2)
     parts = [source.batch(epoch=1, step=2) for source in ranks]
     torch.testing.assert_close(torch.cat([p[0] for p in parts]), images)
     assert torch.equal(torch.cat([p[1] for p in parts]), batch_labels)
+    assert torch.equal(torch.cat([p[2] for p in parts]), batch_teacher)
+    # each row's teacher embedding is that face's
+    index = epoch_permutation(40, 3, 1)[16:24]
+    assert torch.equal(batch_teacher, torch.from_numpy(teacher)[index])
     assert single.steps == 5
 
 

@@ -180,3 +180,31 @@ def test_undetected_counts_only_images_the_protocol_pairs_use():
     report = scored.report()
     assert report["undetected"] == 1  # image 3 is undetected but in no pair
     assert report["accuracy"] == 1.0
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_eval_cli_measures_an_onnx_teacher_with_the_same_pipeline(
+    data_root: Path, cfp_root: Path, capsys: pytest.CaptureFixture[str]
+):
+    """SFace through `drface eval --teacher`: on 40 CFP-FF pairs a strong model gets (almost) all right, which
+    it cannot if pixels, channel order or flip were fed wrongly."""
+    teachers = sorted((data_root.parent / "teachers" / "sface").glob("*.onnx"))
+    if not teachers:
+        pytest.skip("no SFace teacher in ../shared/teachers/sface")
+    argv = [
+        "eval",
+        "--teacher",
+        str(teachers[0]),
+        "--data",
+        str(cfp_root),
+        "--splits",
+        "cfp_ff",
+        "--folds",
+        "2",
+    ]
+    argv += ["--limit-pairs", "40", "--json", "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)["cfp_ff"]
+    assert report["pairs"] == 40 and report["auc"] >= 0.97
+    assert "served_threshold" not in report  # a teacher has no card

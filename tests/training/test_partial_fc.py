@@ -21,7 +21,8 @@ MARGINS = {"scale": 16.0, "margin_arc": 0.3, "margin_cos": 0.1}
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
     embeddings = torch.randn(BATCH, DIM, generator=generator)
-    labels = torch.tensor([0, 10, 5, 6, 3, 6])  # targets on both shards, including the shard edges
+    # targets on both shards, including the shard edges, and one face without identity (-1)
+    labels = torch.tensor([0, 10, 5, 6, -1, 6])
     return embeddings, labels
 
 
@@ -97,6 +98,22 @@ def test_shard_ranges_cover_all_classes_once():
             ranges = [shard_range(classes, r, world) for r in range(world)]
             assert ranges[0][0] == 0 and ranges[-1][1] == classes
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def test_unlabelled_rows_add_nothing_to_the_head_loss():
+    head = ShardedMarginHead(DIM, NUM_CLASSES, DistContext(), init_seed=7, **MARGINS)
+    embeddings, labels = _inputs()
+    embeddings.requires_grad_(True)
+    loss, accuracy = head(embeddings, labels)
+    loss.backward()
+    labelled = labels >= 0
+    subset = embeddings.detach()[labelled].clone().requires_grad_(True)
+    expected, expected_accuracy = head(subset, labels[labelled])
+    torch.testing.assert_close(loss, expected)
+    assert accuracy.item() == pytest.approx(expected_accuracy.item())
+    assert torch.all(embeddings.grad[~labelled] == 0)
+    only_unlabelled, _ = head(embeddings, torch.full_like(labels, -1))
+    assert only_unlabelled.item() == 0.0
 
 
 @pytest.mark.slow

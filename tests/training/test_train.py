@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from app.cli import main as cli_main
 from model.artifact import load_artifact
 from model.embed import embed_faces
+from training import teacher as training_teacher
 from training.checkpoint import load_checkpoint
 from training.monitor import read_records
 
@@ -114,7 +115,9 @@ def test_training_lowers_the_loss_and_writes_a_loadable_artifact(straight_run: P
     loaded = load_artifact(straight_run / f"{NAME}.safetensors")
     card = loaded.card
     assert card.trained and card.region_num == 4
-    assert set(card.thresholds) == {"best_accuracy", "far_1e-3"}
+    assert set(card.thresholds) == {"best_accuracy", "far_1e-2", "far_1e-3", "far_1e-4"}
+    assert set(card.operating_points) == set(card.thresholds)
+    assert card.operating_points["far_1e-3"]["threshold"] == card.thresholds["far_1e-3"]
     assert card.data["train_identities"] == 4 and card.data["holdout_identities"] == 2
     assert "holdout" in card.eval and card.training["train_seconds"] > 0
     faces = torch.rand(2, 3, 112, 112) * 2 - 1
@@ -182,3 +185,53 @@ def test_sigterm_mid_epoch_leaves_a_loadable_checkpoint(config_path: Path, tmp_p
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] * state["steps_per_epoch"] + state["step"] >= 1
     assert state["epoch"] < 50
+
+
+@pytest.fixture(scope="module")
+def teacher_path(data_root: Path) -> Path:
+    files = sorted((data_root.parent / "teachers" / "sface").glob("*.onnx"))
+    if not files:
+        pytest.skip("no SFace teacher in ../shared/teachers/sface")
+    return files[0]
+
+
+@pytest.fixture(scope="module")
+def unlabelled_raw(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flat folder of 6 raw photos of people outside IDENTITIES: aligned on the fly, no labels."""
+    folder = tmp_path_factory.mktemp("unlabelled")
+    for identity in ("kaknig", "klclar", "lfso"):
+        for photo in sorted((data_root / "faces94" / identity).glob("*.jpg"))[:2]:
+            (folder / photo.name).symlink_to(photo)
+    return folder
+
+
+def test_distillation_run_with_unlabelled_faces_resumes_exactly_and_reuses_the_teacher_cache(
+    config_path: Path, teacher_path: Path, unlabelled_raw: Path, tmp_path
+):
+    flags = ["--teacher", str(teacher_path), "--unlabelled", str(unlabelled_raw), "--epochs", "2"]
+    cache = tmp_path / "cache"
+    flags += ["--set", f"data.cache_dir={cache}"]
+    assert _train(config_path, tmp_path / "straight", *flags) == 0
+    shards = sorted((cache / "teacher").rglob("part-*.npz"))
+    assert shards  # 48 labelled + 6 unlabelled faces, run once through the teacher
+
+    card = load_artifact(tmp_path / "straight" / f"{NAME}.safetensors").card
+    assert card.data["unlabelled_images"] == 6 and card.data["train_images"] == 48
+    assert card.data["teacher"]["sha256"] == training_teacher.file_sha256(teacher_path)
+    assert card.embedding_dim == 128  # the projection to the teacher's 128-d is dropped from the artifact
+    assert card.training["recipe"]["distill"]["teacher"] == str(teacher_path)
+
+    out = tmp_path / "resumed"
+    assert _train(config_path, out, *flags, "--set", "runtime.stop_after_steps=2") == 0
+    assert _train(config_path, out, *flags, "--resume") == 0
+    assert sorted((cache / "teacher").rglob("part-*.npz")) == shards  # nothing recomputed
+    straight, resumed = _weights(tmp_path / "straight"), _weights(out)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_unlabelled_faces_without_a_teacher_are_refused(
+    config_path: Path, unlabelled_raw: Path, tmp_path, capsys
+):
+    assert _train(config_path, tmp_path / "x", "--unlabelled", str(unlabelled_raw)) == 2
+    assert "distill.teacher" in capsys.readouterr().err

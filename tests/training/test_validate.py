@@ -10,7 +10,13 @@ import torch
 
 from model.mobilefacenet import build_backbone
 from training.protocols import Protocol
-from training.validate import AlignedCfp, align_photos, holdout_report, threshold_at_far
+from training.validate import (
+    AlignedCfp,
+    align_photos,
+    holdout_report,
+    operating_points,
+    threshold_at_far,
+)
 
 
 def test_threshold_at_far_allows_at_most_that_many_false_accepts():
@@ -29,13 +35,33 @@ def tiny_net() -> torch.nn.Module:
     return build_backbone(drconv=True, region_num=4, width_multiplier=0.25, embedding_dim=32).eval()
 
 
-def test_holdout_report_has_metrics_and_both_thresholds(tiny_net):
+def test_holdout_report_has_metrics_and_every_operating_point(tiny_net):
     faces = np.random.default_rng(0).integers(0, 256, (12, 112, 112, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(4), 3)
-    pairs = np.array([(i, j) for i in range(12) for j in range(i + 1, 12)])
-    report = holdout_report(tiny_net, faces, pairs, labels[pairs[:, 0]] == labels[pairs[:, 1]], 1e-3, 8)
+    pairs = np.array([(0, 1), (3, 4), (0, 3), (1, 6)])
+    report = holdout_report(tiny_net, faces, pairs, labels[pairs[:, 0]] == labels[pairs[:, 1]], labels, 8)
     assert {"accuracy", "auc", "eer", "threshold"} <= set(report)
-    assert set(report["thresholds"]) == {"best_accuracy", "far_1e-3"}
+    assert set(report["thresholds"]) == {"best_accuracy", "far_1e-2", "far_1e-3", "far_1e-4"}
+    # operating points rest on all 66 pairs of the 12 faces, not on the 4 balanced ones
+    point = report["operating_points"]["far_1e-3"]
+    assert (point["genuine_pairs"], point["impostor_pairs"]) == (12, 54)
+    assert point["threshold"] == report["thresholds"]["far_1e-3"]
+
+
+def test_operating_points_measure_far_and_tar_at_their_thresholds():
+    rng = np.random.default_rng(1)
+    same = np.arange(20_000) < 2_000
+    scores = np.where(same, rng.normal(0.7, 0.1, same.size), rng.normal(0.1, 0.1, same.size))
+    points = operating_points(scores, same, best_accuracy=0.4)
+    for far in (1e-2, 1e-3, 1e-4):
+        point = points[f"far_{far:.0e}".replace("e-0", "e-")]
+        assert point["far"] <= far
+        assert point["far"] == np.mean(scores[~same] >= point["threshold"])
+        assert point["tar"] == np.mean(scores[same] >= point["threshold"])
+    assert (
+        points["far_1e-4"]["threshold"] >= points["far_1e-3"]["threshold"] >= points["far_1e-2"]["threshold"]
+    )
+    assert points["best_accuracy"]["threshold"] == 0.4
 
 
 @pytest.mark.data
