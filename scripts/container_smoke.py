@@ -5,15 +5,16 @@
 
 Needs a Docker engine with compose v2 and the shared photos (DRFACE_DATA_ROOT, default ../shared/data:
 faces94 for the training run and the API calls). Extra compose files (a build-args override, e.g. a local
-package index) come from DRFACE_COMPOSE_OVERRIDE, several separated by ':'. Standard library only, so it runs
-without the venv.
+package index) come from DRFACE_COMPOSE_OVERRIDE, several separated by ':'; DRFACE_SMOKE_CA_CERT=FILE.pem
+builds with that certificate as the EXTRA_CA_CERT build arg. Standard library only: runs without the venv.
 
 Steps, each timed:
   1. `docker compose config` for every profile and override (and the api port published on 127.0.0.1 only)
   2. build the image; only the headless OpenCV, the default recipe installed, uid 10001
   3. `compose up api` into a runs folder that does not exist yet, wait for `healthy`; /readyz, a real
      /v1/embed and /v1/verify, the non-root uid, the read-only root, the no-API-key warning in the log
-  4. the `train` profile, 1 short epoch on 6 faces94 identities, into that (now root-owned) runs folder
+  4. the `train` profile, 1 short epoch on 6 faces94 identities, into that (now root-owned) runs folder: first
+     without the runs-owner one-shot (refused with a sentence, exit 2), then as documented
   5. the api restarted on the new artifact by the documented path; /v1/model shows it, /v1/embed works
 The compose project is `drface-smoke`; everything it started is taken down at the end, also on failure.
 """
@@ -49,6 +50,7 @@ TRAIN_COMMAND = [
     "--set", "data.holdout_identities=2", "--set", "data.holdout_pairs=10", "--set", "runtime.progress=false",
 ]  # fmt: skip
 HEALTHY_WITHIN_S = 300
+READY_WITHIN_S = 120
 
 
 class SmokeFailure(RuntimeError):
@@ -77,22 +79,34 @@ class Compose:
             names.append(REPO_ROOT / "docker-compose.gpu.yml")
         return [arg for name in [*names, *self.overrides] for arg in ("-f", str(name))]
 
-    def run(
-        self, *args: str, gpu: bool = False, capture: bool = True, env: dict[str, str] | None = None
-    ) -> str:
+    def attempt(
+        self, *args: str, gpu: bool = False, show: bool = False, env: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        """(exit status, output) of `docker compose ... args`; with `show`, also streamed to stderr."""
         command = ["docker", "compose", "-p", PROJECT, *self.files(gpu), *args]
-        result = subprocess.run(
+        process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
             env={**self.environment, **(env or {})},
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.STDOUT if capture else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
-        if result.returncode != 0:
-            tail = (result.stdout or "")[-4000:]
-            raise SmokeFailure(f"`{' '.join(command[2:])}` exited {result.returncode}\n{tail}")
-        return result.stdout or ""
+        lines = []
+        for line in process.stdout or ():
+            lines.append(line)
+            if show:
+                sys.stderr.write(line)
+        return process.wait(), "".join(lines)
+
+    def run(
+        self, *args: str, gpu: bool = False, show: bool = False, env: dict[str, str] | None = None
+    ) -> str:
+        """The output of `docker compose ... args`; SmokeFailure when it fails."""
+        status, output = self.attempt(*args, gpu=gpu, show=show, env=env)
+        if status != 0:
+            raise SmokeFailure(f"`docker compose {' '.join(args)}` exited {status}\n{output[-4000:]}")
+        return output
 
 
 def docker(*args: str) -> str:
@@ -189,7 +203,12 @@ def check_api(base_url: str, photos: dict[str, Path], ranks_people: bool) -> dic
     With `ranks_people`, the same person must score above two different people (the shipped model; the
     1-epoch smoke model has learnt nothing yet, so only the shape of its answers is checked).
     """
-    status, ready = http_json(f"{base_url}/readyz")
+    deadline = time.monotonic() + READY_WITHIN_S  # healthy: the process is up; ready: model loaded, warm
+    while True:
+        status, ready = http_json(f"{base_url}/readyz")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     check(status == 200 and ready.get("status") == "ready", f"/readyz: {status} {ready}")
     status, embedded = http_json(f"{base_url}/v1/embed", {"image": b64(photos["a1"])})
     check(status == 200 and len(embedded["faces"]) >= 1, f"/v1/embed: {status} {embedded}")
@@ -236,6 +255,19 @@ def check_hardening(compose: Compose) -> None:
     check("API keys are off" in logs, "no start-up warning about the API without keys on 0.0.0.0")
 
 
+def check_unwritable_runs_refused(compose: Compose, runs: Path) -> None:
+    """Without the runs-owner one-shot, training into the root-owned folder stops with a sentence, exit 2."""
+    if runs.stat().st_uid != 0:
+        log(f"runs folder owned by uid {runs.stat().st_uid}, not root: refusal not checked")
+        return
+    status, output = compose.attempt(
+        "--profile", "train", "run", "--rm", "--no-deps", "train", *TRAIN_COMMAND
+    )
+    check(status == 2, f"train into a root-owned runs folder exited {status}, expected 2:\n{output[-2000:]}")
+    check("cannot write /runs/default" in output and "Traceback" not in output, f"unclear refusal:\n{output}")
+    log(f"refused: {output.strip().splitlines()[-1]}")
+
+
 def smoke_photos(data_root: Path, work: Path) -> tuple[Path, dict[str, Path]]:
     """A small training folder (TRAIN_IDENTITIES faces94 people, copied) and three photos for the API."""
     faces94 = data_root / "faces94"
@@ -262,6 +294,8 @@ def release_runs(compose: Compose, runs: Path) -> None:
 def main() -> int:
     data_root = Path(os.environ.get("DRFACE_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")).resolve()
     overrides = [Path(p) for p in os.environ.get("DRFACE_COMPOSE_OVERRIDE", "").split(":") if p]
+    ca_cert = os.environ.get("DRFACE_SMOKE_CA_CERT")  # a PEM file for the EXTRA_CA_CERT build arg
+    build_args = ["--build-arg", f"EXTRA_CA_CERT={Path(ca_cert).read_text()}"] if ca_cert else []
     work = Path(tempfile.mkdtemp(prefix="drface-smoke-"))
     runs = work / "runs"  # does not exist: Docker creates it, owned by root, like ./runs on a fresh checkout
     port = free_port()
@@ -282,28 +316,30 @@ def main() -> int:
         with timed("compose config (4 combinations)", timings):
             check_configs(compose)
         with timed("build", timings):
-            compose.run("build", "api", capture=False)
+            compose.run("build", *build_args, "api", show=True)
             size = check_image()
         log(f"image {IMAGE}: {size / 1e9:.2f} GB ({size} bytes)")
         with timed("api up -> healthy", timings):
             compose.run("up", "--detach", "api")
             wait_healthy(compose)
-        with timed("api checks", timings):
+        with timed("api ready + checks", timings):
             shipped = check_api(base_url, photos, ranks_people=True)
             check_hardening(compose)
         check(runs.is_dir(), f"compose up did not create the runs folder {runs}")
         log(
             f"runs folder made by Docker, owned by uid {runs.stat().st_uid}; training runs as uid {IMAGE_UID}"
         )
+        with timed("train refused without runs-owner", timings):
+            check_unwritable_runs_refused(compose, runs)
         with timed("train (1 epoch, 6 identities)", timings):
-            compose.run("--profile", "train", "run", "--rm", "train", *TRAIN_COMMAND, capture=False)
+            compose.run("--profile", "train", "run", "--rm", "train", *TRAIN_COMMAND, show=True)
         artifact = runs / "default" / Path(ARTIFACT_IN_CONTAINER).name
         check(artifact.is_file(), f"training wrote no {artifact}: {sorted(map(str, runs.rglob('*')))[:20]}")
         card = json.loads(artifact.with_suffix(".json").read_text())
         with timed("api restart on the artifact -> healthy", timings):
             compose.run("up", "--detach", "api", env={"DRFACE_WEIGHTS": ARTIFACT_IN_CONTAINER})
             wait_healthy(compose)
-        with timed("api checks (trained artifact)", timings):
+        with timed("api ready + checks (trained artifact)", timings):
             served = check_api(base_url, photos, ranks_people=False)
         check(
             served["version"] == card["version"], f"api serves {served['version']}, trained {card['version']}"
