@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install serve test lint bench
+.PHONY: install serve test lint bench container-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# The container smoke test (docs/deployment.md): builds the image, serves, trains, serves the trained artifact.
+# Needs a Docker engine with compose v2 and the shared photos; minutes, so not part of `make test` or CI.
+# Standard library only: runs without the venv.
+container-test:
+	$(PYTHON) scripts/container_smoke.py

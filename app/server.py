@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"drface serve: {problem}", file=sys.stderr)
         return 2
+    warning = exposure_warning(settings)
+    if warning:
+        print(f"drface serve: WARNING: {warning}", file=sys.stderr)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -65,6 +69,28 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address or name that only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other host name may resolve to a reachable interface
+
+
+def exposure_warning(settings: Settings) -> str | None:
+    """A warning when the API needs no key and listens beyond loopback, else None."""
+    if settings.api_keys or is_loopback(settings.host):
+        return None
+    return (
+        f"API keys are off (DRFACE_API_KEYS is empty) and the server listens on "
+        f"{settings.host}:{settings.port}: anyone who can reach that address can use /v1. Set "
+        "DRFACE_API_KEYS before exposing it; in a container, publish the port on 127.0.0.1 only (the "
+        "docker-compose.yml default) until then."
+    )
 
 
 def _check_artifact(settings: Settings) -> str | None:

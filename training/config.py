@@ -7,6 +7,7 @@ one error path reports every bad field by its dotted name.
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,27 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+RECIPES_PACKAGE = "training.recipes"  # the repository's configs/ folder, installed (pyproject.toml)
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+
+def default_config_path() -> Path:
+    """The shipped recipe: `configs/default.yaml` in a source checkout, else the installed package data.
+
+    A source checkout is recognised by its pyproject.toml beside the packages, so that an installed copy never
+    shadows the file being edited, and a stray `configs/` in site-packages is never read.
+    """
+    checkout = REPO_ROOT / "configs" / DEFAULT_CONFIG_NAME
+    if (REPO_ROOT / "pyproject.toml").is_file() and checkout.is_file():
+        return checkout
+    try:
+        packaged = resources.files(RECIPES_PACKAGE) / DEFAULT_CONFIG_NAME
+    except ModuleNotFoundError:
+        return checkout  # neither: read_yaml reports this path as missing
+    return Path(str(packaged))
+
+
+DEFAULT_CONFIG_PATH = default_config_path()
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,7 @@ The run folder holds `<name>.safetensors` + `<name>.json` (the artifact the serv
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -203,6 +204,33 @@ def _finalize(
     return prefix.with_name(prefix.name + ".safetensors"), evaluation
 
 
+def unwritable_folder(folder: Path) -> Path | None:
+    """The folder (or its nearest existing ancestor) in which this process cannot create files, else None.
+
+    Checked before any work, so that a run folder owned by another user (a Docker bind mount created by root)
+    stops training with a sentence instead of a traceback half-way through preparing the data.
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return None
+    return existing
+
+
+def _unwritable_message(folder: Path) -> str:
+    try:
+        owner = f"owned by uid {folder.stat().st_uid}, "
+    except OSError:
+        owner = ""
+    what = "is not a folder" if folder.exists() and not folder.is_dir() else "is not writable"
+    return (
+        f"{folder} {what} ({owner}this process runs as uid {os.getuid()}): choose another --out "
+        "(and data.cache_dir), or make the folder writable for this user. In Docker, see docs/deployment.md "
+        "(the runs folder)."
+    )
+
+
 def _print_summary(weights: Path, results: dict[str, Any]) -> None:
     print(f"artifact: {weights}", file=sys.stderr)
     for name, report in results.items():
@@ -225,6 +253,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    for folder in (config.out, _cache_dir(config)):
+        blocked = unwritable_folder(folder)
+        if blocked is not None:
+            print(f"drface train: cannot write {folder}: {_unwritable_message(blocked)}", file=sys.stderr)
+            return EXIT_USAGE
     if config.runtime.num_threads is not None:
         torch.set_num_threads(config.runtime.num_threads)
     keep_freed_memory()
@@ -272,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except (DatasetError, CheckpointError, TeacherError) as exc:
         print(f"drface train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PermissionError as exc:  # a folder below the checked ones, owned by another user
+        print(f"drface train: permission denied: {exc.filename} ({exc.strerror})", file=sys.stderr)
         return EXIT_USAGE
     finally:
         if log is not None:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
+from training.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,8 @@ def _settings_env_names() -> set[str]:
 
 def test_compose_has_api_and_train_profile():
     services = _compose()["services"]
-    assert set(services) >= {"api", "train"}
-    assert services["train"]["profiles"] == ["train"]
+    assert set(services) >= {"api", "train", "runs-owner"}
+    assert services["train"]["profiles"] == services["runs-owner"]["profiles"] == ["train"]
     assert "profiles" not in services["api"]
     api = services["api"]
     assert api["read_only"] is True and "/tmp" in api["tmpfs"]
@@ -64,6 +65,79 @@ def test_gpu_override_requests_nvidia_devices_for_train():
     override = yaml.safe_load((REPO_ROOT / "docker-compose.gpu.yml").read_text())
     devices = override["services"]["train"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia"
+    # the one-shot that prepares ./runs uses the CUDA image too, so the CPU image is never built for it
+    assert override["services"]["runs-owner"]["image"] == override["services"]["train"]["image"]
+
+
+def test_api_is_published_on_loopback_by_default():
+    for mapping in _compose()["services"]["api"]["ports"]:
+        assert _interpolate(mapping).startswith("127.0.0.1:"), mapping
+
+
+def test_training_user_owns_the_runs_folder_before_training():
+    """Docker creates a missing ./runs as root; the one-shot hands it to the uid:gid training runs as."""
+    services = _compose()["services"]
+    owner, train = services["runs-owner"], services["train"]
+    assert owner["user"] == "0:0"
+    assert owner["command"][0] == "chown" and owner["command"][-1] == "/runs"
+    assert owner["command"][1] == train["user"] == "${DRFACE_UID:-10001}:${DRFACE_GID:-10001}"
+    assert (
+        _interpolate(train["user"]) == f"{_dockerfile_instruction('USER')}:{_dockerfile_instruction('USER')}"
+    )
+    assert train["depends_on"]["runs-owner"]["condition"] == "service_completed_successfully"
+    runs_mounts = {
+        service: _mount_source(services[service], "/runs") for service in ("api", "train", "runs-owner")
+    }
+    assert len(set(runs_mounts.values())) == 1, runs_mounts
+
+
+def _mount_source(service: dict, target: str) -> str:
+    """The host side of the volume mounted at `target` (interpolated with this environment)."""
+    for volume in service["volumes"]:
+        source, mounted, *_ = _interpolate(volume).split(":")
+        if mounted == target:
+            return source
+    raise AssertionError(f"nothing mounted at {target}")
+
+
+def test_documented_artifact_path_is_where_training_writes():
+    """Each `runs/<folder>/<file>.safetensors` in the docs and compose file names what `drface train` writes:
+    `<out>/<config name>.safetensors`."""
+    artifact = f"{load_config(None, {'data.roots': ['x']}).name}.safetensors"
+    documents = [
+        REPO_ROOT / "docker-compose.yml",
+        REPO_ROOT / "README.md",
+        *(REPO_ROOT / "docs").glob("*.md"),
+    ]
+    mentioned = {
+        (document.name, match)
+        for document in documents
+        for match in re.findall(r"runs/[\w.-]+/([\w.-]+\.safetensors)", document.read_text())
+    }
+    assert mentioned, "no run artifact path documented"
+    assert {(name, found) for name, found in mentioned if found != artifact} == set()
+
+
+def _dockerfile_args() -> dict[str, str]:
+    """ARG name -> default, from the Dockerfile."""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    return {name: default.strip('"') for name, default in re.findall(r"^ARG (\w+)=(\S*)$", text, re.M)}
+
+
+def test_dockerfile_build_args_for_mirrors_and_proxies_default_to_public_sources():
+    args = _dockerfile_args()
+    assert args["BASE_IMAGE"] == "python:3.11-slim"
+    assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert args["EXTRA_CA_CERT"] == ""
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+
+
+def test_image_installs_no_gui_libraries():
+    text = (REPO_ROOT / "Dockerfile").read_text()
+    assert "libgl1" not in text
+    assert "pip uninstall -y opencv-python" in text
 
 
 def test_dockerfile_passes_hadolint():

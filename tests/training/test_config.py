@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -111,3 +114,60 @@ def test_cli_rejects_a_bad_config_before_any_work(tmp_path):
     assert result.returncode == 2
     assert "optim.momentun: unknown field" in result.stderr
     assert not out.exists()
+
+
+def _has_build_backend() -> bool:
+    """setuptools new enough for pyproject.toml's build-system (the test builds without network)."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    return int(setuptools.__version__.split(".")[0]) >= 68
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_build_backend(), reason="needs setuptools>=68 to build the wheel offline")
+def test_default_recipe_travels_with_a_non_editable_install(tmp_path):
+    """A wheel of the project, unpacked outside the checkout, finds the same recipe without --config."""
+    source = tmp_path / "source"  # what the Dockerfile copies; building here keeps the checkout clean
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    for name in ("app", "model", "training", "configs"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "_ext"))
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+        + ["--wheel-dir", str(wheels), str(source)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    site = tmp_path / "site"
+    with zipfile.ZipFile(next(wheels.glob("drface-*.whl"))) as wheel:
+        wheel.extractall(site)  # a pure-Python wheel unpacked is an installed package
+    probe = (
+        "import training.config as c; "
+        "config = c.load_config(None, {'data.roots': ['photos']}); "
+        "print(c.__file__); print(c.DEFAULT_CONFIG_PATH); print(config.name)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    module_file, recipe_path, name = result.stdout.splitlines()
+    assert Path(module_file).is_relative_to(site)
+    assert Path(recipe_path) == site / "training" / "recipes" / "default.yaml"
+    assert Path(recipe_path).read_bytes() == DEFAULT_CONFIG_PATH.read_bytes()
+    assert name == load_config(None, {"data.roots": ["photos"]}).name
+
+
+def test_source_checkout_reads_the_repository_recipe():
+    assert DEFAULT_CONFIG_PATH == REPO_ROOT / "configs" / "default.yaml"
