@@ -1,8 +1,10 @@
 """uvicorn's h11 HTTP/1.1 protocol plus the connection limits it lacks: `drface serve` runs this class.
 
-uvicorn and h11 provide the header size limit (h11's `max_incomplete_event_size`, set from
-`DRFACE_MAX_HEADER_BYTES`) and the keep-alive timeout. This subclass adds what they do not:
+uvicorn and h11 provide the keep-alive timeout and a header size limit (h11's `max_incomplete_event_size`,
+set from `DRFACE_MAX_HEADER_BYTES`), which h11 applies only to a header block still incomplete. This
+subclass adds what they do not:
 
+* the header size limit also for a header block that arrives whole in one read;
 * a header read timeout: a connection must deliver a request's line and headers within
   `DRFACE_HEADER_TIMEOUT_S` of its start (or of the end of its previous response), else 408;
 * a cap on open connections per process (`DRFACE_MAX_CONNECTIONS`): one beyond it gets 429 at once;
@@ -84,6 +86,10 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._rejected:  # answered already: drop what the client still sends until the connection ends
             return
+        if self.conn.their_state is h11.IDLE and self._header_block_too_long(data):
+            limit = self.settings.max_header_bytes
+            self._reject(431, "headers_too_large", f"request line and headers exceed {limit} bytes")
+            return
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -114,6 +120,18 @@ class GuardedH11Protocol(H11Protocol):
             self._reject(400, "invalid_request", "malformed HTTP request")
 
     # -- helpers --------------------------------------------------------------------------------------------
+    def _header_block_too_long(self, data: bytes) -> bool:
+        """Whether the request being received has more than `max_header_bytes` before its blank line.
+
+        h11 enforces its limit only while a header block is incomplete: one that arrives whole in a single
+        read (64 KiB and more do, on loopback) would pass. So the block is measured here, before h11.
+        """
+        limit = self.settings.max_header_bytes
+        pending, _ = self.conn.trailing_data  # at most `limit` bytes, else h11 would have refused them
+        buffered = pending + data
+        end = buffered.find(b"\r\n\r\n", 0, limit + 4)
+        return end == -1 and len(buffered) > limit
+
     def _arm_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()

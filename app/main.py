@@ -106,11 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # The last middleware added runs first: metrics see every request, including refused bodies, dropped
     # clients (499) and bugs (500, logged once by the error guard).
+    budget = ByteBudget(settings.max_buffered_bytes)
+    app.state.metrics.body_bytes_held.set_function(lambda: budget.used)
     app.add_middleware(
         BodyLimitMiddleware,
         limit_for_path=partial(request_body_limit, settings),
         timeout_s=settings.body_timeout_s,
-        budget=ByteBudget(settings.max_buffered_bytes),
+        budget=budget,
         retry_after_s=settings.retry_after_s,
     )
     app.add_middleware(ErrorGuardMiddleware)

@@ -60,6 +60,11 @@ class Metrics:
         self.in_flight = Gauge(
             "drface_inferences_admitted", "Inference calls running or waiting now.", registry=self.registry
         )
+        self.body_bytes_held = Gauge(
+            "drface_request_body_bytes_held",
+            "Request body bytes reserved by in-flight requests (bounded by DRFACE_MAX_BUFFERED_BYTES).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "drface_ready", "1 once the model is loaded and warmed up.", registry=self.registry
         )
