@@ -108,15 +108,19 @@ class _FormParser(MultiPartParser):
         super().__init__(
             headers,
             stream,
-            max_files=len(image_fields),
+            max_files=len(image_fields) + 1,  # one more, so that a repeated file gets its own message
             max_fields=_MAX_FORM_FIELDS,
             max_part_size=_MAX_FORM_FIELD_BYTES,
         )
         self.image_fields = image_fields
+        self._seen: set[str] = set()
 
     def on_headers_finished(self) -> None:
         super().on_headers_finished()
         part = self._current_part
+        if part.field_name in self._seen:  # which copy should count is a guess: refuse
+            raise MultiPartException(f"field '{part.field_name}' sent more than once")
+        self._seen.add(part.field_name)
         if part.file is None and part.field_name in self.image_fields:
             # A part without a filename is a text field; clients drop an empty filename (httpx, requests).
             raise MultiPartException(

@@ -49,3 +49,10 @@ def test_every_setting_is_in_the_api_docs_table() -> None:
     table = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     for name in Settings.model_fields:
         assert f"| `DRFACE_{name.upper()}` |" in table, name
+
+
+def test_the_upload_buffer_must_hold_one_largest_request() -> None:
+    largest = Settings().max_request_bytes(2)
+    assert Settings(max_buffered_bytes=largest).max_buffered_bytes == largest
+    with pytest.raises(ValueError, match="max_buffered_bytes"):
+        Settings(max_buffered_bytes=largest - 1)
