@@ -88,6 +88,7 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self.conn.their_state is h11.IDLE and self._header_block_too_long(data):
             limit = self.settings.max_header_bytes
+            logger.info("refused a request: headers longer than %d bytes", limit)
             self._reject(431, "headers_too_large", f"request line and headers exceed {limit} bytes")
             return
         super().data_received(data)

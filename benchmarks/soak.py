@@ -249,6 +249,11 @@ def status_class(status: int | str) -> str:
     return f"{str(status)[0]}xx" if isinstance(status, int) else "no answer"
 
 
+def rss_by_tenth(tally: Tally) -> list[float]:
+    """The largest RSS sample in each tenth of the run: flat once the allocator has its working set."""
+    return [float(max(part)) for part in np.array_split(np.array(tally.rss_mb), 10) if len(part)]
+
+
 def report(tally: Tally, seconds: float, rss_start: float, rss_end: float, log_lines: int) -> str:
     classes = Counter()
     for status, count in tally.statuses.items():
@@ -264,6 +269,7 @@ def report(tally: Tally, seconds: float, rss_start: float, rss_end: float, log_l
         f"no answer {classes['no answer']} |",
         f"| valid requests, latency | p50 {p50:.0f} ms, p99 {p99:.0f} ms ({len(tally.valid_ms)} of them) |",
         f"| server RSS | start {rss_start:.0f} MB, end {rss_end:.0f} MB, peak {max(tally.rss_mb):.0f} MB |",
+        f"| RSS, max of each tenth of the run | {' '.join(f'{mb:.0f}' for mb in rss_by_tenth(tally))} MB |",
         f"| server log | {log_lines} lines, {log_lines / max(requests, 1):.2f} per request |",
         f"| `/readyz` | {tally.ready_ok} of {tally.ready_checks} checks ready |",
         "",
