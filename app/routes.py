@@ -153,7 +153,7 @@ def _openapi_body(json_model: type[BaseModel], options: type[BaseModel], files: 
 def build_api_router() -> APIRouter:
     """The `/v1` routes."""
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["faces"])
-    image_errors = _errors(400, 401, 413, 415, 422, 429, 503)
+    image_errors = _errors(400, 401, 408, 413, 415, 422, 429, 503)
 
     @router.post(
         "/embed",

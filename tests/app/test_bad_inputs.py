@@ -146,9 +146,9 @@ def build_corpus(face_a: bytes, face_a_bgr: np.ndarray, reference_box: list[floa
         "json_duplicate_field": Case(
             422,
             "invalid_request",
-            content=b'{"image": "%s", "aligned": false, "aligned": true}' % b64.encode(),
+            content=b'{"image": "%s", "region_map": true, "region_map": false}' % b64.encode(),
             headers={"content-type": "application/json"},
-            mentions="aligned",
+            mentions="region_map",
         ),
         "json_nested_50k_deep": Case(
             422,
