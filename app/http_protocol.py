@@ -158,6 +158,15 @@ class GuardedH11Protocol(H11Protocol):
             self._header_timer = None
         if self.transport.is_closing():
             return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # A request is being served (h11 failed on its body): its app sees a disconnect from now on and
+            # its answer goes nowhere; ours is sent instead, unless its own has begun.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
         self.transport.write(raw_error_response(status, code, message, headers))
         if self.transport.can_write_eof():
             self.transport.write_eof()

@@ -174,6 +174,20 @@ def test_oversized_headers_get_431(server: Server, header_bytes: int) -> None:
     assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
+def test_a_malformed_chunked_body_gets_400_and_no_traceback(server: Server) -> None:
+    offset = len(server.log_path.read_text())
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/embed HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\nzz\r\n'  # "zz" is no chunk size
+        )
+        raw = read_until_closed(sock)
+    assert_error(raw, 400, "invalid_request")
+    wait_for(lambda: "/v1/embed" in log_since(server, offset), "the request to be logged")
+    assert "Traceback" not in log_since(server, offset)
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
 def test_headers_sent_too_slowly_get_408(server: Server) -> None:
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
