@@ -6,9 +6,11 @@
 * Time: the whole body must arrive within `body_timeout_s` of the request reaching the app (408), so a client
   sending a byte a second cannot hold a connection.
 * Memory: the body bytes held by all in-flight requests of the process stay within one `ByteBudget`
-  (`DRFACE_MAX_BUFFERED_BYTES`). A request reserves its declared length up front, or its bytes as they
-  arrive, and keeps them until it is answered; one that does not fit gets 429 with Retry-After. The
-  inference queue bounds the work, this bounds the bytes waiting for it.
+  (`DRFACE_MAX_BUFFERED_BYTES`). A request reserves its bytes as they arrive and keeps them until it is
+  answered; one whose next bytes do not fit gets 429 with Retry-After, and one whose declared length does not
+  fit in what is left gets it before anything is read. Counting what arrived, not what was declared, keeps
+  clients that declare a large body and then stall from holding the budget. The inference queue bounds the
+  work, this bounds the bytes waiting for it.
 
 A response sent before the body was read to its end carries `Connection: close`, so uvicorn closes the
 connection instead of reading and discarding the rest of the body.
@@ -41,9 +43,13 @@ class ByteBudget:
         self.capacity = capacity
         self.used = 0
 
+    def fits(self, size: int) -> bool:
+        """Whether `size` more bytes would fit now."""
+        return self.used + size <= self.capacity
+
     def try_reserve(self, size: int) -> bool:
         """Take `size` bytes if they fit; False (nothing taken) otherwise."""
-        if self.used + size > self.capacity:
+        if not self.fits(size):
             return False
         self.used += size
         return True
@@ -84,11 +90,10 @@ class BodyLimitMiddleware:
             message = f"request body is {declared} bytes, the limit is {limit} bytes"
             await self._refuse(scope, receive, send, TooLargeError(message))
             return
-        reserved = int(declared) if declared.isdigit() else 0
-        if not self.budget.try_reserve(reserved):
+        if declared.isdigit() and not self.budget.fits(int(declared)):
             await self._refuse(scope, receive, send, self._over_budget())
             return
-        received = 0
+        received = reserved = 0
         deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def guarded_receive() -> Message:
@@ -106,10 +111,9 @@ class BodyLimitMiddleware:
             body_done = not message.get("more_body", False)
             if received > limit:
                 raise BodyTooLargeError(limit)
-            if received > reserved:  # chunked, or more than declared: take the rest as it comes
-                if not self.budget.try_reserve(received - reserved):
-                    raise self._over_budget()
-                reserved = received
+            if not self.budget.try_reserve(received - reserved):
+                raise self._over_budget()
+            reserved = received
             return message
 
         async def closing_send(message: Message) -> None:

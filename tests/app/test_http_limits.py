@@ -22,7 +22,7 @@ from service_testkit import uvicorn_server
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
 HEADER_TIMEOUT_S = 2.0
-BODY_TIMEOUT_S = 5.0
+BODY_TIMEOUT_S = 8.0
 MAX_CONNECTIONS = 8
 MAX_HEADER_BYTES = 16 * 1024
 MAX_UPLOAD_BYTES = 1024 * 1024
@@ -254,10 +254,12 @@ def test_bytes_held_by_unfinished_uploads_are_bounded(server: Server, face_a: by
     held = "drface_request_body_bytes_held"
     stalled = [connect(server) for _ in range(2)]
     try:
-        for sock in stalled:
-            sock.sendall(upload_head(declared_bytes=1_400_000))
-        wait_for(lambda: metric(server, held) >= 2_800_000, "the two stalled uploads to be admitted")
-        with connect(server) as sock:
+        for sock in stalled:  # 2 x 1.3 MB sent of 1.4 MB declared, then nothing: 2.6 MB of the 3 MiB held
+            sock.sendall(upload_head(declared_bytes=1_400_000) + b"\xff" * (1_300_000 - 32 * 1024))
+        wait_for(lambda: metric(server, held) >= 2_500_000, "the two stalled uploads to be read")
+        with connect(
+            server
+        ) as sock:  # its declared 1 MB does not fit in what is left: refused before reading
             sock.sendall(upload_head(declared_bytes=1_000_000))
             headers = assert_error(read_until_closed(sock), 429, "overloaded")
         assert "retry-after" in headers
@@ -269,3 +271,24 @@ def test_bytes_held_by_unfinished_uploads_are_bounded(server: Server, face_a: by
         f"{server.url}/v1/embed", files={"image": ("a.jpg", face_a, "image/jpeg")}, timeout=60
     )
     assert response.status_code == 200, response.text
+
+
+def test_uploads_that_declare_much_and_send_little_do_not_hold_the_budget(
+    server: Server, face_a: bytes
+) -> None:
+    declared = (1_450_000, 1_450_000, 240_000)  # together just under the 3 MiB budget: no photo would fit
+    stalled = [connect(server) for _ in declared]
+    try:
+        for sock, size in zip(stalled, declared, strict=True):
+            sock.sendall(upload_head(declared_bytes=size))  # 32 KiB of it, then nothing
+        wait_for(
+            lambda: metric(server, "drface_request_body_bytes_held") >= 3 * 32 * 1024,
+            "the uploads to be read",
+        )
+        response = httpx.post(
+            f"{server.url}/v1/embed", files={"image": ("a.jpg", face_a, "image/jpeg")}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+    finally:
+        for sock in stalled:
+            sock.close()
