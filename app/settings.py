@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         16 * 1024,
         ge=1024,
-        description="Largest request line plus headers, in bytes (431 beyond it; h11's own limit).",
+        description="Largest request line plus headers, in bytes (431 beyond it).",
     )
     header_timeout_s: float = Field(
         10.0,
