@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -199,17 +198,17 @@ def trace_for_inference(model: nn.Module, tolerance: float = 1e-4) -> nn.Module:
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE, generator=generator) * 2 - 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.no_grad():
-                traced = torch.jit.freeze(torch.jit.trace(model.eval(), example))
-                traced = TracedNetwork(torch.jit.optimize_for_inference(traced))
-            with torch.inference_mode():
-                for batch in (1, 2, 3):
-                    x = torch.rand(batch, 3, INPUT_SIZE, INPUT_SIZE, generator=generator) * 2 - 1
-                    error = (F.normalize(traced(x), dim=1) - F.normalize(model(x), dim=1)).abs().max()
-                    if not error <= tolerance:
-                        raise ValueError(f"traced network differs from eager by {float(error):.2e}")
+        # No warnings filter here: `catch_warnings` is process-wide and not thread-safe (this runs off the
+        # event loop); the network's own input checks stay out of traces, so tracing warns about nothing.
+        with torch.no_grad():
+            traced = torch.jit.freeze(torch.jit.trace(model.eval(), example))
+            traced = TracedNetwork(torch.jit.optimize_for_inference(traced))
+        with torch.inference_mode():
+            for batch in (1, 2, 3):
+                x = torch.rand(batch, 3, INPUT_SIZE, INPUT_SIZE, generator=generator) * 2 - 1
+                error = (F.normalize(traced(x), dim=1) - F.normalize(model(x), dim=1)).abs().max()
+                if not error <= tolerance:
+                    raise ValueError(f"traced network differs from eager by {float(error):.2e}")
     except Exception as exc:  # tracing is an optimisation: any failure falls back to the eager network
         logger.warning("network not traced, using eager PyTorch: %s", exc)
         return model

@@ -1,7 +1,13 @@
-"""Typed service errors and the one place that turns any error into `{"error": {"code", "message"}}`."""
+"""Typed service errors and the one place that turns any error into `{"error": {"code", "message"}}`.
+
+`install_error_handlers` shapes the errors FastAPI routes raise; `ErrorGuardMiddleware` catches what is left:
+a client that went away (no answer, one log line, status 499 in the metrics) and bugs (one log entry with the
+traceback, a 500 without details).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 
@@ -9,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.decode import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
 
@@ -62,6 +70,15 @@ class OverloadedError(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class RequestTimeoutError(ApiError):
+    """The client sent its body too slowly; the connection is closed after the answer."""
+
+    status_code, code = 408, "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class NotReadyError(ApiError):
     status_code, code = 503, "not_ready"
 
@@ -84,6 +101,16 @@ def image_error_to_api(error: ImageError) -> ApiError:
         if isinstance(error, image_type):
             return api_type(str(error))
     return BadImageError(str(error))
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template (never the raw, client-chosen path), or "unmatched"."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The JSON bytes of the one error shape."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
 def error_response(
@@ -130,7 +157,38 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
         return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, 500, "internal", "internal server error")
+
+class ErrorGuardMiddleware:
+    """ASGI middleware for what the handlers leave: dropped clients and bugs.
+
+    Starlette's own last-resort handler re-raises after answering, so uvicorn would log every bug a second
+    time; catching here logs it once. A client that disconnects mid-request is not a server error: one short
+    line, no answer (nobody is there to read it), no traceback.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            logger.info(
+                "client disconnected before the request was read: %s %s", scope["method"], route_of(scope)
+            )
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], route_of(scope))
+            if not started:
+                response = error_response(Request(scope), 500, "internal", "internal server error")
+                await response(scope, receive, send)

@@ -1,6 +1,8 @@
 """Request bodies -> (options, image bytes): multipart uploads and JSON with base64 strings, same field names.
 
-Only these two content types are read; nothing is ever fetched from a URL.
+Only these two content types are read; nothing is ever fetched from a URL. Parsing is strict: a field sent
+twice, a JSON `true` where a number is expected, or an image sent as a plain form field is a 422 that names
+the field, never a silent guess.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ import base64
 import binascii
 import json
 import re
+from collections import Counter
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app.errors import InvalidRequestError, TooLargeError, UnsupportedMediaTypeError
@@ -56,7 +60,7 @@ async def _read_json(
     except ValueError as exc:
         raise InvalidRequestError(f"body is not valid JSON: {exc}") from exc
     encoded = {name: payload.pop(name, None) for name in image_fields}
-    options = _validate(options_type, payload)
+    options = _validate(options_type, payload, strict=True)
     missing = [name for name, value in encoded.items() if value is None]
     if missing:
         raise InvalidRequestError(f"missing field(s) {_names(tuple(missing))}: base64 image string(s)")
@@ -67,26 +71,18 @@ async def _read_json(
 async def _read_multipart(
     request: Request, options_type: type[OptionsT], image_fields: tuple[str, ...], max_image_bytes: int
 ) -> tuple[OptionsT, dict[str, bytes]]:
+    parser = _FormParser(request.headers, request.stream(), image_fields)
     try:
-        form = await request.form(
-            max_files=len(image_fields), max_fields=_MAX_FORM_FIELDS, max_part_size=_MAX_FORM_FIELD_BYTES
-        )
-    except StarletteHTTPException as exc:
-        if exc.status_code == 413:
-            raise
-        raise InvalidRequestError(f"malformed multipart body: {exc.detail}") from exc
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequestError(f"malformed multipart body: {exc.message}") from exc
     try:
-        files = {key: value for key, value in form.multi_items() if isinstance(value, UploadFile)}
-        fields = {key: value for key, value in form.multi_items() if not isinstance(value, UploadFile)}
+        files = {key: value for key, value in form.items() if isinstance(value, UploadFile)}
+        fields = {key: value for key, value in form.items() if not isinstance(value, UploadFile)}
         unexpected = sorted(set(files) - set(image_fields))
         if unexpected:
             raise InvalidRequestError(
                 f"unexpected file field(s) {_names(tuple(unexpected))}; expected {_names(image_fields)}"
-            )
-        as_text = sorted(set(fields) & set(image_fields))
-        if as_text:
-            raise InvalidRequestError(
-                f"field(s) {_names(tuple(as_text))} must be file uploads (curl: -F 'image=@photo.jpg')"
             )
         missing = [name for name in image_fields if name not in files]
         if missing:
@@ -103,16 +99,63 @@ async def _read_multipart(
         await form.close()
 
 
+class _FormParser(MultiPartParser):
+    """Starlette's multipart parser, with limits for these routes and errors that name the field."""
+
+    def __init__(
+        self, headers: Headers, stream: AsyncGenerator[bytes, None], image_fields: tuple[str, ...]
+    ) -> None:
+        super().__init__(
+            headers,
+            stream,
+            max_files=len(image_fields) + 1,  # one more, so that a repeated file gets its own message
+            max_fields=_MAX_FORM_FIELDS,
+            max_part_size=_MAX_FORM_FIELD_BYTES,
+        )
+        self.image_fields = image_fields
+        self._seen: set[str] = set()
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        part = self._current_part
+        if part.field_name in self._seen:  # which copy should count is a guess: refuse
+            raise MultiPartException(f"field '{part.field_name}' sent more than once")
+        self._seen.add(part.field_name)
+        if part.file is None and part.field_name in self.image_fields:
+            # A part without a filename is a text field; clients drop an empty filename (httpx, requests).
+            raise MultiPartException(
+                f"'{part.field_name}' must be a file upload (a part with a filename), "
+                f"e.g. curl -F '{part.field_name}=@photo.jpg'"
+            )
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is None and len(part.data) + end - start > self.max_part_size:
+            raise MultiPartException(f"field '{part.field_name}' is longer than {self.max_part_size} bytes")
+        super().on_part_data(data, start, end)
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
-    payload = json.loads(body)
+    try:
+        payload = json.loads(body, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(payload, dict):
         raise ValueError("expected a JSON object")
     return payload
 
 
-def _validate(options_type: type[OptionsT], values: dict[str, Any]) -> OptionsT:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    repeated = sorted(name for name, count in Counter(name for name, _ in pairs).items() if count > 1)
+    if repeated:
+        raise ValueError(f"field(s) {_names(tuple(repeated))} sent more than once")
+    return dict(pairs)
+
+
+def _validate(options_type: type[OptionsT], values: dict[str, Any], strict: bool = False) -> OptionsT:
+    """Options from form strings (lax: "true", "0.5") or JSON values (strict: no true for a number)."""
     try:
-        return options_type.model_validate(values)
+        return options_type.model_validate(values, strict=strict)
     except ValidationError as exc:
         details = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]

@@ -13,10 +13,11 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from app.body_limit import BodyLimitMiddleware
+from app.body_limit import BodyLimitMiddleware, ByteBudget
 from app.engine import Engine, InferenceGate
-from app.errors import install_error_handlers
+from app.errors import ErrorGuardMiddleware, install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import build_api_router, ops_router
 from app.settings import Settings
@@ -88,12 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` defaults to the `DRFACE_*` environment. The model loads when the app starts."""
     settings = settings or Settings()
     logging.getLogger("drface").setLevel(settings.log_level.upper())
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline package, served by this app: they
+    # work without internet, and no third-party script runs on the page where an API key is typed.
+    app = FastAPIOffline(
         title="drface",
         version="0.1.0",
         summary="Face verification you train and serve yourself.",
         description=DESCRIPTION,
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -101,8 +105,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gate = None
     app.state.load_error = None
     install_error_handlers(app)
-    # The last middleware added runs first: metrics see every request, including refused bodies.
-    app.add_middleware(BodyLimitMiddleware, limit_for_path=partial(request_body_limit, settings))
+    # The last middleware added runs first: metrics see every request, including refused bodies, dropped
+    # clients (499) and bugs (500, logged once by the error guard).
+    budget = ByteBudget(settings.max_buffered_bytes)
+    app.state.metrics.body_bytes_held.set_function(lambda: budget.used)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for_path=partial(request_body_limit, settings),
+        timeout_s=settings.body_timeout_s,
+        budget=budget,
+        retry_after_s=settings.retry_after_s,
+    )
+    app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(build_api_router())
     app.include_router(ops_router)

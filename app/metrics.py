@@ -17,7 +17,10 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import route_of
+
 # Seconds; the service aims at tens of milliseconds per request, queues can add seconds.
+CLIENT_CLOSED_REQUEST = 499
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -57,6 +60,11 @@ class Metrics:
         self.in_flight = Gauge(
             "drface_inferences_admitted", "Inference calls running or waiting now.", registry=self.registry
         )
+        self.body_bytes_held = Gauge(
+            "drface_request_body_bytes_held",
+            "Request body bytes reserved by in-flight requests (bounded by DRFACE_MAX_BUFFERED_BYTES).",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "drface_ready", "1 once the model is loaded and warmed up.", registry=self.registry
         )
@@ -67,7 +75,11 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """ASGI middleware: count every HTTP request and its latency, by route template (not raw path)."""
+    """ASGI middleware: count every HTTP request and its latency, by route template (not raw path).
+
+    A request whose client disconnected before any answer is counted with status 499 ("client closed
+    request", nginx's convention), apart from the server's own errors.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -78,7 +90,14 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
+        disconnected = False
+
+        async def watching_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
@@ -87,10 +106,11 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, watching_receive, send_with_status)
         finally:
-            route = scope.get("route")
-            route_label = getattr(route, "path", None) or "unmatched"
+            if status is None:
+                status = CLIENT_CLOSED_REQUEST if disconnected else 500
+            route_label = route_of(scope)
             method = scope.get("method", "")
             self.metrics.requests.labels(method=method, route=route_label, status=str(status)).inc()
             self.metrics.latency.labels(method=method, route=route_label).observe(time.perf_counter() - start)

@@ -55,10 +55,14 @@ def get_settings(request: Request) -> Settings:
 
 
 def require_api_key(request: Request, api_key: str | None = Depends(_api_key_header)) -> None:
-    """401 unless the server has no keys or `X-API-Key` equals one of them (constant-time comparison)."""
+    """401 unless the server has no keys or the one `X-API-Key` header equals one of them (constant time)."""
     keys: tuple[str, ...] = request.app.state.settings.api_keys
     if not keys:
         return
+    if len(request.headers.getlist("x-api-key")) > 1:  # which one would count is a guess: refuse
+        raise UnauthorizedError(
+            "send one X-API-Key header, not several", headers={"WWW-Authenticate": "ApiKey"}
+        )
     given = (api_key or "").encode()
     valid = False
     for key in keys:  # compare with every key, so timing does not tell which one nearly matched
@@ -141,7 +145,7 @@ def _openapi_body(json_model: type[BaseModel], options: type[BaseModel], files: 
 def build_api_router() -> APIRouter:
     """The `/v1` routes."""
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["faces"])
-    image_errors = _errors(400, 401, 413, 415, 422, 429, 503)
+    image_errors = _errors(400, 401, 408, 413, 415, 422, 429, 503)
 
     @router.post(
         "/embed",
@@ -267,7 +271,13 @@ def build_api_router() -> APIRouter:
 ops_router = APIRouter(tags=["operations"])
 
 
-@ops_router.get("/healthz", response_model=HealthStatus, summary="Process is up", responses=_errors(503))
+@ops_router.get(
+    "/healthz",
+    response_model=HealthStatus,
+    summary="Process is up",
+    responses=_errors(503),
+)
+@ops_router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz(request: Request) -> HealthStatus:
     """200 while the process serves requests (also during model loading); 503 if the model failed to load."""
     load_error: str | None = request.app.state.load_error
@@ -278,8 +288,12 @@ async def healthz(request: Request) -> HealthStatus:
 
 
 @ops_router.get(
-    "/readyz", response_model=HealthStatus, summary="Model loaded and warmed up", responses=_errors(503)
+    "/readyz",
+    response_model=HealthStatus,
+    summary="Model loaded and warmed up",
+    responses=_errors(503),
 )
+@ops_router.head("/readyz", include_in_schema=False)  # load balancers probe with HEAD
 async def readyz(request: Request) -> HealthStatus:
     """200 once the model is loaded and a warm-up inference has run; 503 `not_ready` before."""
     engine = require_engine(request)
@@ -292,6 +306,7 @@ async def readyz(request: Request) -> HealthStatus:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
+@ops_router.head("/metrics", include_in_schema=False)  # load balancers probe with HEAD
 async def metrics(request: Request) -> Response:
     """Request counts and latency by route and status, pipeline time, faces detected, errors by code."""
     collectors = request.app.state.metrics

@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
+        # h11 (not httptools): it bounds the header block; our subclass adds the timeouts and the cap.
+        http="app.http_protocol:GuardedH11Protocol",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 

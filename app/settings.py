@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.thresholds import ThresholdChoice
@@ -55,6 +55,33 @@ class Settings(BaseSettings):
     max_faces: int = Field(
         20, ge=1, description="Most faces `/v1/embed` embeds in one image (400 `too_many_faces` beyond it)."
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers, in bytes (431 beyond it).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection may take to send a request's line and headers, counted from the "
+        "connection's start or the end of its previous response (408, then the connection is closed).",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request may take to send its whole body once its headers are in (408).",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Open HTTP connections per process; a connection beyond them gets 429 and is closed.",
+    )
+    max_buffered_bytes: int = Field(
+        128 * MEGABYTE,
+        ge=1,
+        description="Request body bytes that in-flight requests may hold at once, per process (429 beyond "
+        "it); at least one largest `/v1/verify` request.",
+    )
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="Comma-separated API keys; when set, every `/v1` route needs one in `X-API-Key`.",
@@ -97,6 +124,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _buffer_fits_one_request(self) -> Settings:
+        largest = self.max_request_bytes(2)
+        if self.max_buffered_bytes < largest:
+            raise ValueError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) must hold at least one largest request "
+                f"({largest} bytes: two images of max_upload_bytes, base64-encoded)"
+            )
+        return self
 
     def max_request_bytes(self, images: int = 1) -> int:
         """Largest request body for `images` images: each base64-encoded (4/3), plus room for the fields."""

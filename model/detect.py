@@ -9,13 +9,18 @@ See docs/detectors.md for why this detector was chosen.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
-import cv2
-import numpy as np
-import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field
+# onnxruntime's telemetry tries to store a device id under ~/.cache and warns at every start where it cannot
+# (a read-only container). It reads this variable once, at import; nothing is sent either way here.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
 # RetinaFace (biubug6/Pytorch_Retinaface "mobile0.25" config): feature strides, prior (anchor) sizes per
 # stride in input pixels, and the variances of the box / landmark regression.
@@ -138,8 +143,9 @@ class FaceDetector:
         else:
             scale = 1.0
         pad_px = int(round(pad * scale))
-        out_h = _round_up(round(height * scale) + 2 * pad_px, _INPUT_MULTIPLE)
-        out_w = _round_up(round(width * scale) + 2 * pad_px, _INPUT_MULTIPLE)
+        # At least one pixel per side, as `_network_input` resizes: a 40000x1 strip must not become 0 rows.
+        out_h = _round_up(max(1, round(height * scale)) + 2 * pad_px, _INPUT_MULTIPLE)
+        out_w = _round_up(max(1, round(width * scale)) + 2 * pad_px, _INPUT_MULTIPLE)
         network_input, scale = _network_input(image_bgr, scale, (pad_px, pad_px), (out_h, out_w))
         boxes, points, scores = self._run(network_input)
         offset = np.array([pad_px, pad_px], dtype=np.float32)

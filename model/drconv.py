@@ -424,6 +424,10 @@ class DRConv2d(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
+        if (
+            torch.jit.is_tracing()
+        ):  # shapes are tensors in a trace: the check would warn and become a constant
+            return
         if x.dim() != 4:
             raise DRConvInputError(f"DRConv2d expects (B, C, H, W) input, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:

@@ -276,6 +276,10 @@ class MobileFaceNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if (
+            torch.jit.is_tracing()
+        ):  # shapes are tensors in a trace: the check would warn and become a constant
+            return
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != INPUT_SIZE or x.shape[3] != INPUT_SIZE:
             raise ValueError(
                 f"MobileFaceNet expects (B, 3, {INPUT_SIZE}, {INPUT_SIZE}) face crops, got {tuple(x.shape)}"

@@ -1,4 +1,4 @@
-"""The DRConv benchmarks measure what the README reports: the default backbone's DRConv shapes, end to end."""
+"""The benchmarks measure what the README reports (DRConv shapes, end to end); the soak run reports."""
 
 from __future__ import annotations
 
@@ -32,3 +32,22 @@ def test_bench_drconv_quick_runs_and_marks_the_default_shape():
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("stage1.project*")]
     assert len(rows) == 1 and rows[0].split()[1] == "128->64"
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_soak_run_reports_answers_memory_logs_and_readiness(data_root, tmp_path):
+    # A few seconds only: that the script runs and reports; docs/soak.md holds a real run.
+    result = subprocess.run(
+        [sys.executable, "benchmarks/soak.py", "--seconds", "4", "--data-root", str(data_root)]
+        + ["--log", str(tmp_path / "server.log"), "--out", str(tmp_path / "soak.md")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "soak.md").read_text()
+    for row in ("answers", "valid requests, latency", "server RSS", "server log", "`/readyz`"):
+        assert f"| {row} |" in report
+    assert "**5xx 0**" in report

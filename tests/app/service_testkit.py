@@ -6,16 +6,20 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
 import numpy as np
+import uvicorn
 from fastapi.testclient import TestClient
 
+from app.http_protocol import GuardedH11Protocol
 from app.main import create_app
 from app.settings import Settings
 
@@ -95,13 +99,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(**env: str) -> Iterator[str]:
-    """`drface serve` in a subprocess on a free loopback port; yields its base URL once /readyz is 200."""
+def uvicorn_server(log_path: Path | None = None, **env: str) -> Iterator[str]:
+    """`drface serve` in a subprocess on a free loopback port; yields its base URL once /readyz is 200.
+
+    With `log_path`, the server's stdout and stderr go to that file.
+    """
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DRFACE_")}
     environment.update({"DRFACE_LOG_LEVEL": "warning", "DRFACE_WARMUP_RUNS": "1", **env})
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment)
+    log = open(log_path, "wb") if log_path is not None else None  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base_url, timeout=10) as client:
@@ -120,3 +128,25 @@ def uvicorn_server(**env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if log is not None:
+            log.close()
+
+
+@contextmanager
+def threaded_server(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn with the protocol of `drface serve`, in a thread here; yields its URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=GuardedH11Protocol, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            wait_ready(client.get)
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -39,6 +39,7 @@ class Case:
     content: bytes | None = None
     headers: dict = field(default_factory=dict)
     check: Callable[[dict], None] | None = None  # extra check on a 200 body
+    mentions: str | None = None  # the error message must name this (the field at fault)
 
 
 def upload(
@@ -134,6 +135,56 @@ def build_corpus(face_a: bytes, face_a_bgr: np.ndarray, reference_box: list[floa
             422, "invalid_request", path="/v1/region-map", json={"image": b64, "face_index": 3}
         ),
         "aligned_but_not_112": Case(422, "invalid_request", files=upload(face_a), data={"aligned": "true"}),
+        # -- strict parsing: no guessing at what the client meant ------------------------------------
+        "json_threshold_true": Case(
+            422,
+            "invalid_request",
+            path="/v1/verify",
+            json={"image1": b64, "image2": b64, "threshold": True},
+            mentions="threshold",
+        ),
+        "json_duplicate_field": Case(
+            422,
+            "invalid_request",
+            content=b'{"image": "%s", "region_map": true, "region_map": false}' % b64.encode(),
+            headers={"content-type": "application/json"},
+            mentions="region_map",
+        ),
+        "json_nested_50k_deep": Case(
+            422,
+            "invalid_request",
+            content=b"[" * 50_000 + b"]" * 50_000,
+            headers={"content-type": "application/json"},
+            mentions="nested",
+        ),
+        "json_nested_50k_deep_in_an_extra_field": Case(
+            422,
+            "invalid_request",
+            content=b'{"image": "%s", "extra": ' % b64.encode() + b"[" * 50_000 + b"]" * 50_000 + b"}",
+            headers={"content-type": "application/json"},
+            mentions="nested",
+        ),
+        "multipart_duplicate_field": Case(
+            422,
+            "invalid_request",
+            path="/v1/verify",
+            files=[
+                ("image1", ("a.jpg", face_a, "image/jpeg")),
+                ("image2", ("b.jpg", face_a, "image/jpeg")),
+                ("threshold", (None, b"0.1")),
+                ("threshold", (None, b"0.9")),
+            ],
+            mentions="threshold",
+        ),
+        "multipart_duplicate_file": Case(
+            422,
+            "invalid_request",
+            files=[("image", ("a.jpg", face_a, "image/jpeg")), ("image", ("b.jpg", face_a, "image/jpeg"))],
+            mentions="image",
+        ),
+        "multipart_file_with_empty_filename": Case(
+            422, "invalid_request", files=upload(face_a, filename=""), mentions="'image'"
+        ),
         # -- sizes ------------------------------------------------------------------------------------
         "over_limit_upload": Case(413, "too_large", files=upload(over_limit)),
         "over_limit_request_body": Case(
@@ -155,6 +206,9 @@ def build_corpus(face_a: bytes, face_a_bgr: np.ndarray, reference_box: list[floa
             files=upload(pil_bytes(gif_frames[0], "GIF", save_all=True, append_images=gif_frames[1:])),
         ),
         # -- valid images without a usable face ----------------------------------------------------------
+        "thin_strip_40000x1": Case(400, "no_face", files=upload(png(np.full((1, 40000, 3), 90, np.uint8)))),
+        "thin_strip_1x40000": Case(400, "no_face", files=upload(png(np.full((40000, 1, 3), 90, np.uint8)))),
+        "thin_strip_65535x2": Case(400, "no_face", files=upload(png(np.full((2, 65535, 3), 90, np.uint8)))),
         "one_pixel_image": Case(400, "no_face", files=upload(png(np.full((1, 1, 3), 200, np.uint8)))),
         "no_face": Case(
             400, "no_face", files=upload(jpeg(cv2.GaussianBlur(face_a_bgr[::-1, ::-1], (0, 0), 25)))
@@ -200,6 +254,13 @@ CASE_NAMES = [
     "region_map_unknown_format",
     "region_map_face_index_out_of_range",
     "aligned_but_not_112",
+    "json_threshold_true",
+    "json_duplicate_field",
+    "json_nested_50k_deep",
+    "json_nested_50k_deep_in_an_extra_field",
+    "multipart_duplicate_field",
+    "multipart_duplicate_file",
+    "multipart_file_with_empty_filename",
     "over_limit_upload",
     "over_limit_request_body",
     "over_limit_base64",
@@ -211,6 +272,9 @@ CASE_NAMES = [
     "corrupt_png_data",
     "animated_gif",
     "one_pixel_image",
+    "thin_strip_40000x1",
+    "thin_strip_1x40000",
+    "thin_strip_65535x2",
     "no_face",
     "many_faces",
     "many_faces_verify_uses_largest",
@@ -261,6 +325,8 @@ def test_input_gets_its_documented_answer(client: TestClient, corpus: dict[str, 
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
     assert body["error"]["code"] == case.code
     assert body["error"]["message"] and "Traceback" not in response.text
+    if case.mentions is not None:
+        assert case.mentions in body["error"]["message"], body["error"]["message"]
 
 
 def test_server_is_still_ready_after_the_corpus(client: TestClient) -> None:

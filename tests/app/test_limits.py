@@ -57,6 +57,15 @@ def test_missing_or_wrong_key_is_401(client, face_a, headers, message) -> None:
         assert message in response.json()["error"]["message"]
 
 
+def test_two_key_headers_are_401_even_if_one_is_right(client, face_a) -> None:
+    for keys in ((KEYS[0], "wrong"), ("wrong", KEYS[0]), (KEYS[0], KEYS[0])):
+        headers = [("X-API-Key", key) for key in keys]
+        response = client.post("/v1/embed", files=files(face_a), headers=headers)
+        assert response.status_code == 401, keys
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert "X-API-Key" in response.json()["error"]["message"]
+
+
 def test_health_routes_need_no_key(client) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         assert client.get(path).status_code == 200

@@ -62,3 +62,10 @@ def test_threshold_is_an_operating_point_name_or_a_number(monkeypatch: pytest.Mo
         monkeypatch.setenv("DRFACE_THRESHOLD", bad)
         with pytest.raises(ValueError, match="threshold"):
             Settings()
+
+
+def test_the_upload_buffer_must_hold_one_largest_request() -> None:
+    largest = Settings().max_request_bytes(2)
+    assert Settings(max_buffered_bytes=largest).max_buffered_bytes == largest
+    with pytest.raises(ValueError, match="max_buffered_bytes"):
+        Settings(max_buffered_bytes=largest - 1)

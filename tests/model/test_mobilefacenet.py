@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,17 @@ def test_config_round_trips_through_json():
 def test_wrong_input_size_is_a_clear_error():
     with pytest.raises(ValueError, match="112"):
         build_backbone(drconv=False)(torch.zeros(1, 3, 96, 96))
+
+
+def test_tracing_the_network_warns_about_nothing(faces):
+    # The service traces the network at start-up; its input checks must stay out of the trace.
+    model = build_backbone().eval()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, faces)
+    assert [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)] == []
+    with torch.no_grad():
+        assert torch.allclose(traced(faces), model(faces), atol=1e-5)
 
 
 def test_training_and_inference_paths_give_the_same_embeddings(faces):
