@@ -139,7 +139,7 @@ def read_face(ref: FaceRef) -> np.ndarray:
 
 def _ref_key(ref: FaceRef) -> str:
     if isinstance(ref, RecordRef):
-        return f"{ref.file.path.resolve()}|{ref.file.size}|{ref.file.path.stat().st_mtime_ns}|{ref.key}"
+        return f"{ref.file.path.resolve()}|{ref.file.size}|{ref.file.mtime_ns}|{ref.key}"
     stat = ref.stat()
     return f"{ref.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
@@ -328,9 +328,9 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
     kept = [ident for ident in identities if len(ident.files) >= config.min_images_per_identity]
     if len(kept) < 2:
         raise DatasetError(
-            f"only {len(kept)} identities have >= {config.min_images_per_identity} images "
-            "(data.min_images_per_identity); a face recognition model learns from telling people apart, "
-            "so it needs at least 2"
+            f"training needs at least 2 identities with >= {config.min_images_per_identity} images "
+            f"(data.min_images_per_identity), found {len(kept)}: a face recognition model learns by telling "
+            "people apart"
         )
     train_ids, held_ids = split_identities(
         kept, config.holdout_identities, config.split_seed, config.holdout_max_fraction

@@ -138,7 +138,8 @@ class RecordFile:
         if not idx.is_file():
             raise RecordIOError(f"index not found: {idx} (a .rec needs its .idx for random access)")
         self.offsets = read_index(idx)
-        self.size = self.path.stat().st_size
+        stat = self.path.stat()
+        self.size, self.mtime_ns = stat.st_size, stat.st_mtime_ns
         self._handle = None
         self._pid = -1
 

@@ -1,11 +1,18 @@
 """Streaming batches: DataLoader worker processes decode and augment each batch from the files or the `.rec`.
 
-For training sets that do not fit in RAM. Item `step` of the map-style `StreamingBatches` dataset is one
-rank's whole part of global batch `step`: the same indices (`epoch_permutation`) and augmentation draws
-(`batch_generator`) as the in-memory `BatchSource`, decoded by `read_face` from the same bytes and augmented
-by the same `augment`, so the two paths give the same batches (bit for bit when the main process also runs
-torch on one thread, as each worker does) and a resumed run continues exactly. Workers build whole batches:
-with w workers, w batches are in flight and each worker decodes `batch_size / world_size` faces per item.
+For training sets that do not fit in RAM. Item `(epoch, step)` of the map-style `StreamingBatches` dataset
+is one rank's whole part of global batch `step` of `epoch`: the same indices (`epoch_permutation`) and
+augmentation draws (`batch_generator`) as the in-memory `BatchSource`, decoded by `read_face` from the same
+bytes and augmented by the same `augment`, so the two paths give the same batches (bit for bit when the main
+process also runs torch on one thread, as each worker does) and a resumed run continues exactly. Workers
+build whole batches: with w workers, w x PREFETCH_BATCHES batches are in flight, each worker decoding
+`batch_size / world_size` faces per item.
+
+Workers are not forked from the training process: a fork copies the locks of its thread pools (OpenCV,
+onnxruntime, OpenMP) as they are at that instant, and a child that touches one deadlocks (seen in the tests).
+They are forked from a clean forkserver that has imported this module once (spawned where there is no
+forkserver). One DataLoader pass walks the positions from where training starts onwards, across epochs, so
+workers start once per session.
 
     `StreamingBatchSource.batch(epoch, step)` -> images (b, 3, 112, 112) float [-1, 1], labels (b,) int64,
     teacher embeddings (b, Dt) or None
@@ -13,7 +20,9 @@ with w workers, w batches are in flight and each worker decodes `batch_size / wo
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -34,14 +43,37 @@ from training.data import (
 PREFETCH_BATCHES = 2  # per worker
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Forkserver with this module preloaded (workers start in ~0.1 s), else spawn (see the docstring)."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _single_threaded_worker(worker_id: int) -> None:
     """Each worker runs torch and OpenCV on one thread: w workers use w cores, not w x cores."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
 
+@dataclass(frozen=True)
+class Positions:
+    """Sampler of training positions (epoch, step) from `start` on, without end (training stops asking)."""
+
+    start: tuple[int, int]
+    steps_per_epoch: int
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, step = self.start
+        while True:
+            yield epoch, step
+            epoch, step = (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
+
+
 class StreamingBatches(Dataset):
-    """Map-style dataset whose item `step` is this rank's part of global batch `step` of `epoch`."""
+    """Map-style dataset whose item (epoch, step) is this rank's part of global batch `step` of `epoch`."""
 
     def __init__(
         self,
@@ -67,20 +99,17 @@ class StreamingBatches(Dataset):
         self.augment_config = augment_config
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
         self._perm_epoch = -1
         self._perm = torch.empty(0, dtype=torch.int64)
 
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, position: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images (b, 3, 112, 112) float [-1, 1], labels (b,), teacher (b, Dt); (0,) if not distilling)."""
-        if self._perm_epoch != self.epoch:
-            self._perm = epoch_permutation(len(self.labels), self.seed, self.epoch)
-            self._perm_epoch = self.epoch
+        epoch, step = position
+        if self._perm_epoch != epoch:
+            self._perm = epoch_permutation(len(self.labels), self.seed, epoch)
+            self._perm_epoch = epoch
         index, draws = batch_rows(
-            self._perm, self.batch_size, self.seed, self.epoch, step, self.rank, self.world_size
+            self._perm, self.batch_size, self.seed, epoch, step, self.rank, self.world_size
         )
         faces = torch.from_numpy(np.stack([read_face(self.refs[i]) for i in index.tolist()]))
         images = augment(to_model_input(faces), self.augment_config, draws)
@@ -91,8 +120,8 @@ class StreamingBatches(Dataset):
 class StreamingBatchSource:
     """`BatchSource`'s interface over `StreamingBatches` and a DataLoader of `workers` processes.
 
-    Batches must be asked for in order; asking for another (epoch, step) than the next one (a resume, a new
-    epoch) starts a new DataLoader pass there.
+    Batches must be asked for in order; asking for another (epoch, step) than the next one (a resume, a jump)
+    starts a new DataLoader pass there.
     """
 
     def __init__(self, dataset: StreamingBatches, workers: int) -> None:
@@ -103,14 +132,15 @@ class StreamingBatchSource:
         self._next: tuple[int, int] = (-1, -1)
 
     def _start(self, epoch: int, step: int) -> None:
-        self.dataset.epoch = epoch  # workers are started by iter() below and copy the dataset as it is now
+        self._iterator = None  # shut the previous pass's workers down first
         loader = DataLoader(
             self.dataset,
             batch_size=None,
-            sampler=range(step, self.steps),
+            sampler=Positions((epoch, step), self.steps),
             num_workers=self.workers,
             prefetch_factor=PREFETCH_BATCHES if self.workers else None,
             worker_init_fn=_single_threaded_worker if self.workers else None,
+            multiprocessing_context=worker_context() if self.workers else None,
         )
         self._iterator = iter(loader)
 
@@ -121,7 +151,9 @@ class StreamingBatchSource:
             self._start(epoch, step)
         assert self._iterator is not None
         images, labels, teacher = next(self._iterator)
-        self._next = (epoch, step + 1) if step + 1 < self.steps else (-1, -1)
-        if self._next == (-1, -1):
-            self._iterator = None  # the pass is over: let its workers exit
+        self._next = (epoch, step + 1) if step + 1 < self.steps else (epoch + 1, 0)
         return images, labels, teacher if teacher.numel() else None
+
+    def close(self) -> None:
+        """Stop the workers (they also stop when this object is garbage collected)."""
+        self._iterator = None
