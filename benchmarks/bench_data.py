@@ -44,16 +44,18 @@ def load_refs(path: Path) -> tuple[list, np.ndarray]:
     return refs, labels
 
 
-def per_worker_rate(dataset: StreamingBatches, items: int) -> tuple[float, float]:
-    """(decode + augment images/s, decode-only images/s) of one single-threaded worker, in this process."""
+def per_worker_rate(dataset: StreamingBatches, items: int) -> tuple[float, float, float]:
+    """One single-threaded worker's images/s, run in this process: (decode + augment per wall second,
+    decode + augment per CPU second (what a dedicated core gives, whatever the load), decode alone)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     dataset[(0, 0)]  # warm-up
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(items):
         dataset[(0, step % dataset.steps)]
     full = items * dataset.batch_size / (time.perf_counter() - start)
+    full_cpu = items * dataset.batch_size / (time.process_time() - cpu_start)
     refs = [dataset.refs[i] for i in range(min(len(dataset.refs), items * dataset.batch_size))]
     start = time.perf_counter()
     for ref in refs:
@@ -61,7 +63,7 @@ def per_worker_rate(dataset: StreamingBatches, items: int) -> tuple[float, float
     decode = len(refs) / (time.perf_counter() - start)
     torch.set_num_threads(threads)
     cv2.setNumThreads(-1)
-    return full, decode
+    return full, full_cpu, decode
 
 
 def loader_rate(dataset: StreamingBatches, workers: int, items: int) -> float:
@@ -118,8 +120,11 @@ def main() -> None:
     dataset = StreamingBatches(refs, labels, args.batch_size, 0, augment)
     print(f"{args.data}: {len(refs)} faces, batch {args.batch_size}, training threads {args.threads}")
 
-    per_worker, decode_only = per_worker_rate(dataset, args.items)
-    print(f"1. one worker (decode + augment): {per_worker:8.1f} img/s (decode alone {decode_only:.1f})")
+    per_worker, per_worker_cpu, decode_only = per_worker_rate(dataset, args.items)
+    print(
+        f"1. one worker (decode + augment): {per_worker:.1f} img/s, {per_worker_cpu:.1f} img/CPU-s "
+        f"(decode alone {decode_only:.1f} img/s)"
+    )
     supplied = loader_rate(dataset, args.workers, args.items)
     print(f"2. DataLoader, {args.workers} workers, idle consumer: {supplied:.1f} img/s")
 
@@ -132,10 +137,10 @@ def main() -> None:
         f"   training, {args.workers} streaming workers: {streamed:.1f} img/s "
         f"(ratio {streamed / in_memory:.2f}; workers supply {headroom:.0f}x what training uses)"
     )
-    needed = args.gpu_rate / per_worker
+    needed = args.gpu_rate / per_worker_cpu
     print(
-        f"a GPU training at {args.gpu_rate:.0f} img/s needs {needed:.1f} workers of this CPU: "
-        f"data.workers >= {math.ceil(needed)} per GPU"
+        f"a GPU training at {args.gpu_rate:.0f} img/s needs {needed:.1f} worker cores of this CPU "
+        f"({per_worker_cpu:.0f} img/CPU-s each): data.workers >= {math.ceil(needed)} per GPU"
     )
 
 
