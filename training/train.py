@@ -42,7 +42,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="YAML recipe (default: configs/default.yaml, the shipped model)"
     )
-    parser.add_argument("--data", type=Path, nargs="+", metavar="DIR", help="dataset root(s) -> data.roots")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="dataset folder(s) and/or insightface .rec file(s) -> data.roots",
+    )
     parser.add_argument(
         "--unlabelled",
         type=Path,

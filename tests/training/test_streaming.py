@@ -69,3 +69,38 @@ def test_auto_loader_streams_what_does_not_fit_the_memory_budget():
     assert use_streaming(config, 29_000)
     assert use_streaming(config.model_copy(update={"loader": "stream"}), 10)
     assert not use_streaming(config.model_copy(update={"loader": "memory"}), 10**9)
+
+
+class _MeanColourTeacher:
+    """Stands in for an ONNX teacher: a face's embedding is its normalised mean colour."""
+
+    cache_id = "mean-colour"
+    embedding_dim = 3
+
+    def embed(self, faces_bgr: np.ndarray) -> np.ndarray:
+        mean = faces_bgr.reshape(len(faces_bgr), -1, 3).mean(axis=1)
+        return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_streamed_faces_get_the_teacher_embeddings_in_memory_faces_get(
+    face_files: list[Path], tmp_path: Path, monkeypatch
+):
+    from training import train
+    from training.config import load_config
+    from training.data import FaceData
+
+    monkeypatch.setattr(train, "TEACHER_CHUNK_FACES", 5)  # several chunks
+    config = load_config(None, {"data.roots": ["x"], "data.cache_dir": str(tmp_path)})
+    empty = np.empty((0, 112, 112, 3), np.uint8)
+    labels = np.arange(20) % 4
+    common = {"class_names": ["a"] * 4, "holdout_faces": empty, "holdout_pairs": np.empty((0, 2))}
+    common["holdout_same"] = np.empty(0, bool)
+    memory = FaceData(
+        decode_faces(face_files[:20]), labels, unlabelled_faces=decode_faces(face_files[20:]), **common
+    )
+    streamed = FaceData(empty, labels, stream_refs=face_files, **common)
+    teacher = _MeanColourTeacher()
+    expected = train._all_teacher_embeddings(memory, teacher, config)
+    assert expected.shape == (24, 3)
+    np.testing.assert_array_equal(train._all_teacher_embeddings(streamed, teacher, config), expected)
+    assert streamed.training_labels().tolist() == [*labels.tolist(), -1, -1, -1, -1]
