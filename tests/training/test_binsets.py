@@ -88,3 +88,28 @@ def test_not_a_pickle_and_undecodable_images_are_clear_errors(tmp_path: Path):
     write_bin(tmp_path / "bad.bin", [_jpeg(3), b"not an image"], [False])
     with pytest.raises(BinSetError, match="image 1 cannot be decoded"):
         load_bin(tmp_path / "bad.bin")
+
+
+def test_pack_makes_a_balanced_bin_from_a_folder_or_a_rec(tmp_path: Path):
+    from app.cli import main as cli_main
+    from training.recordio import write_recordio
+
+    for person in range(5):
+        (tmp_path / "faces" / f"p{person}").mkdir(parents=True)
+        for k in range(4):  # a person's faces share their colour: a pair is genuine iff its colours match
+            path = tmp_path / "faces" / f"p{person}" / f"{k}.png"
+            cv2.imwrite(str(path), np.full((112, 112, 3), 40 * person + k % 2, np.uint8))
+    assert cli_main(["pack", str(tmp_path / "faces"), str(tmp_path / "mine.bin"), "--pairs", "40"]) == 0
+    binset = load_bin(tmp_path / "mine.bin")
+    assert len(binset.same) == 40 and binset.same.sum() == 20
+    colour = binset.faces[:, 0, 0, 0].astype(int) // 40
+    np.testing.assert_array_equal(colour[0::2] == colour[1::2], binset.same)
+    for fold in range(BIN_FOLDS):  # every fold holds both kinds of pair
+        assert set(binset.same[binset.folds == fold].tolist()) == {True, False}
+
+    people = sorted((tmp_path / "faces").iterdir())
+    write_recordio(tmp_path / "train.rec", [sorted(p.iterdir()) for p in people])
+    assert (
+        cli_main(["pack", str(tmp_path / "train.rec"), str(tmp_path / "fromrec.bin"), "--pairs", "20"]) == 0
+    )
+    assert len(load_bin(tmp_path / "fromrec.bin").same) == 20
