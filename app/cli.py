@@ -10,8 +10,12 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.server", "serve the REST API"),
     "prepare": ("training.prepare", "detect and align a folder-per-identity photo collection"),
-    "train": ("training.train", "train a model from an aligned dataset"),
-    "eval": ("training.evaluate", "evaluate a model on CFP or a pairs file"),
+    "pack": (
+        "training.pack",
+        "pack a folder per identity of aligned faces into a .rec (training) or .bin (verification)",
+    ),
+    "train": ("training.train", "train a model from an aligned dataset or a .rec"),
+    "eval": ("training.evaluate", "evaluate a model on CFP, a pairs file or .bin verification sets"),
 }
 
 

@@ -1,10 +1,11 @@
-"""Training data: aligned folder-per-identity datasets decoded once into memory, identity split, augmentation.
+"""Training data: folder-per-identity datasets or insightface `.rec` files, identity split, augmentation.
 
-Images live as one uint8 array (N, 112, 112, 3) BGR, as `model.align` produces them (6,600 faces = 250 MB),
-so a training step costs one gather and a few tensor ops instead of per-image decoding; on 2 CPU cores
-DataLoader workers would only compete with the model for the cores. Batches are rebuilt from
-(seed, epoch, step) alone, so a resumed run sees exactly the batches and augmentations the uninterrupted run
-would have seen.
+Faces are referenced by `FaceRef`: an image file, or a record of a `.rec` (`RecordRef`); `read_face` decodes
+either into (112, 112, 3) uint8 BGR, as `model.align` produces them. Small sets are decoded once into one
+uint8 array (N, 112, 112, 3) (6,600 faces = 250 MB), so a training step costs one gather and a few tensor ops;
+sets larger than `data.memory_budget_gb` stream through DataLoader workers instead (`training/streaming.py`).
+Either way batches are rebuilt from (seed, epoch, step) alone, so a resumed run sees exactly the batches and
+augmentations the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -23,11 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from training.config import AugmentConfig, DataConfig
+from training.recordio import RecordFile, RecordIOError, scan_record_dataset
 
 log = logging.getLogger(__name__)
 
 FACE_SIZE = 112
+FACE_BYTES = FACE_SIZE * FACE_SIZE * 3  # one decoded face, uint8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RECORD_SUFFIX = ".rec"
 UNLABELLED = -1  # label of a face without identity: it trains through the distillation loss only
 
 
@@ -35,17 +40,60 @@ class DatasetError(ValueError):
     """A dataset folder that cannot be used for training (missing, empty, unreadable images)."""
 
 
+class RecordRef(NamedTuple):
+    """One face stored in a `.rec`: the file and the record key."""
+
+    file: RecordFile
+    key: int
+
+
+FaceRef = Path | RecordRef
+
+
 @dataclass(frozen=True)
 class Identity:
-    """One person: display name (`<root name>/<folder>`) and their image files."""
+    """One person: display name (`<root name>/<folder>`) and their faces (image files or .rec records)."""
 
     name: str
-    files: tuple[Path, ...]
+    files: tuple[FaceRef, ...]
+
+
+def is_record_file(root: Path) -> bool:
+    return Path(root).suffix.lower() == RECORD_SUFFIX
+
+
+def root_name(root: Path) -> str:
+    """Namespace of a root's identities: the folder name; for `x/train.rec` the folder `x`, else the stem."""
+    root = Path(root)
+    if is_record_file(root):
+        return root.parent.resolve().name if root.stem == "train" else root.stem
+    return root.name
+
+
+def scan_records(rec_path: Path) -> list[Identity]:
+    """Identities of an insightface `.rec` (labels from its headers), in label order."""
+    try:
+        dataset = scan_record_dataset(rec_path)
+    except RecordIOError as exc:
+        raise DatasetError(str(exc)) from None
+    prefix = root_name(rec_path)
+    order = np.argsort(dataset.labels, kind="stable")
+    keys, labels = dataset.keys[order], dataset.labels[order]
+    bounds = np.flatnonzero(np.diff(labels)) + 1
+    return [
+        Identity(
+            f"{prefix}/{dataset.identity_names[int(group_labels[0])]}",
+            tuple(RecordRef(dataset.file, int(k)) for k in group_keys),
+        )
+        for group_keys, group_labels in zip(np.split(keys, bounds), np.split(labels, bounds), strict=True)
+    ]
 
 
 def scan_identities(root: Path) -> list[Identity]:
-    """Identities of a folder-per-identity dataset, sorted by name; images sorted by file name."""
+    """Identities of a folder-per-identity dataset (sorted by name, images by file name) or of a `.rec`."""
     root = Path(root)
+    if is_record_file(root):
+        return scan_records(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
     identities = []
@@ -54,7 +102,9 @@ def scan_identities(root: Path) -> list[Identity]:
         if files:
             identities.append(Identity(f"{root.name}/{folder.name}", files))
     if not identities:
-        raise DatasetError(f"no identity folders with images in {root} (expected <root>/<identity>/<photo>)")
+        raise DatasetError(
+            f"no identity folders with images in {root} (expected <root>/<identity>/<photo>, or a .rec file)"
+        )
     return identities
 
 
@@ -68,24 +118,40 @@ def looks_aligned(files: Sequence[Path], samples: int = 8) -> bool:
     return True
 
 
-def _read_face(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def read_face(ref: FaceRef) -> np.ndarray:
+    """Decode one face -> (112, 112, 3) uint8 BGR (resized with INTER_AREA when not 112x112)."""
+    if isinstance(ref, RecordRef):
+        try:
+            encoded = np.frombuffer(ref.file.read(ref.key).image, np.uint8)
+        except RecordIOError as exc:
+            raise DatasetError(str(exc)) from None
+        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+        where = f"{ref.file.path} record {ref.key}"
+    else:
+        image = cv2.imread(str(ref), cv2.IMREAD_COLOR)
+        where = str(ref)
     if image is None:
-        raise DatasetError(f"cannot decode image {path}")
+        raise DatasetError(f"cannot decode image {where}")
     if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
         image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
     return image
 
 
-def _cache_key(files: Sequence[Path]) -> str:
+def _ref_key(ref: FaceRef) -> str:
+    if isinstance(ref, RecordRef):
+        return f"{ref.file.path.resolve()}|{ref.file.size}|{ref.file.mtime_ns}|{ref.key}"
+    stat = ref.stat()
+    return f"{ref.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _cache_key(files: Sequence[FaceRef]) -> str:
     digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for ref in files:
+        digest.update(f"{_ref_key(ref)}\n".encode())
     return digest.hexdigest()[:20]
 
 
-def decode_faces(files: Sequence[Path], cache_dir: Path | None = None) -> np.ndarray:
+def decode_faces(files: Sequence[FaceRef], cache_dir: Path | None = None) -> np.ndarray:
     """Decode aligned faces into one (N, 112, 112, 3) uint8 BGR array; cached as .npy keyed by the files."""
     cache_path = None
     if cache_dir is not None:
@@ -93,8 +159,8 @@ def decode_faces(files: Sequence[Path], cache_dir: Path | None = None) -> np.nda
         if cache_path.is_file():
             return np.load(cache_path, allow_pickle=False, mmap_mode=None)
     faces = np.empty((len(files), FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
-    for i, path in enumerate(files):
-        faces[i] = _read_face(path)
+    for i, ref in enumerate(files):
+        faces[i] = read_face(ref)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp.npy")
@@ -121,6 +187,8 @@ def scan_flat(folder: Path) -> list[Path]:
 def resolve_aligned_root(root: Path, config: DataConfig, cache_dir: Path, flat: bool = False) -> Path:
     """The aligned version of `root`: itself, or its prepared copy under `cache_dir/aligned/<name>`."""
     mode = config.prepared
+    if is_record_file(root):
+        return Path(root)  # a .rec holds aligned faces
     if mode == "auto":
         files = scan_flat(root) if flat else [f for i in scan_identities(root) for f in i.files]
         mode = "aligned" if looks_aligned(files) else "raw"
@@ -138,11 +206,13 @@ def resolve_aligned_root(root: Path, config: DataConfig, cache_dir: Path, flat: 
 
 @dataclass
 class FaceData:
-    """Everything training needs from the dataset, in memory.
+    """Everything training needs from the dataset.
 
     `train_faces` (N, 112, 112, 3) uint8 BGR with `train_labels` (N,) int64 in [0, num_classes);
     `holdout_faces` (M, 112, 112, 3) with `holdout_pairs` (P, 2) indices, `holdout_same` (P,) bool and
     `holdout_labels` (M,) identity index; `unlabelled_faces` (U, 112, 112, 3) train through distillation only.
+    Streamed sets leave `train_faces` and `unlabelled_faces` empty and list the N + U faces, labelled first,
+    in `stream_refs` instead (decoded per batch by DataLoader workers).
     """
 
     train_faces: np.ndarray
@@ -156,11 +226,26 @@ class FaceData:
         default_factory=lambda: np.empty((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
     )
     teacher_embeddings: np.ndarray | None = None  # (N + U, Dt): train faces, then unlabelled ones
+    stream_refs: list[FaceRef] | None = None  # (N + U) faces to stream, labelled then unlabelled
     summary: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def streamed(self) -> bool:
+        return self.stream_refs is not None
+
+    def training_labels(self) -> np.ndarray:
+        """(N + U,) labels of the labelled then the unlabelled faces: UNLABELLED for the latter."""
+        total = (
+            len(self.stream_refs)
+            if self.stream_refs is not None
+            else (len(self.train_labels) + len(self.unlabelled_faces))
+        )
+        unlabelled = np.full(total - len(self.train_labels), UNLABELLED, np.int64)
+        return np.concatenate([self.train_labels, unlabelled])
 
     def all_training_faces(self) -> tuple[np.ndarray, np.ndarray]:
         """Labelled then unlabelled faces (N + U, 112, 112, 3), labels (N + U,): UNLABELLED for the latter."""
@@ -173,12 +258,20 @@ class FaceData:
         return faces, labels
 
 
+def holdout_count(requested: int, eligible: int, max_fraction: float = 1.0) -> int:
+    """Identities to hold out of `eligible` (those with >= 2 images): `requested`, at most `max_fraction` of
+    them and never all but 2; 0 when that leaves fewer than 2 (one identity gives no impostor pairs)."""
+    count = min(requested, int(eligible * max_fraction + 1e-9), max(0, eligible - 2))
+    return count if count >= 2 else 0
+
+
 def split_identities(
-    identities: Sequence[Identity], holdout: int, seed: int
+    identities: Sequence[Identity], holdout: int, seed: int, max_fraction: float = 1.0
 ) -> tuple[list[Identity], list[Identity]]:
-    """(train, held-out) identities; held-out ones are drawn at random among those with >= 2 images."""
+    """(train, held-out) identities; held-out ones are drawn at random among those with >= 2 images, as many
+    as `holdout_count` allows."""
     eligible = [i for i, ident in enumerate(identities) if len(ident.files) >= 2]
-    holdout = min(holdout, max(0, len(eligible) - 2))
+    holdout = holdout_count(holdout, len(eligible), max_fraction)
     rng = np.random.default_rng(seed)
     chosen = set(rng.choice(eligible, size=holdout, replace=False).tolist()) if holdout else set()
     train = [ident for i, ident in enumerate(identities) if i not in chosen]
@@ -213,18 +306,35 @@ def build_pairs(labels: np.ndarray, max_pairs: int, seed: int) -> tuple[np.ndarr
     return pairs, same
 
 
+def use_streaming(config: DataConfig, num_faces: int) -> bool:
+    """Stream when asked to, or ('auto') when `num_faces` decoded would exceed `data.memory_budget_gb`."""
+    if config.loader != "auto":
+        return config.loader == "stream"
+    return num_faces * FACE_BYTES > config.memory_budget_gb * 2**30
+
+
+def pair_counts(labels: np.ndarray) -> tuple[int, int]:
+    """(genuine, impostor) counts of all unordered pairs of images with identity `labels` (M,)."""
+    sizes = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+    genuine = int((sizes * (sizes - 1) // 2).sum())
+    return genuine, len(labels) * (len(labels) - 1) // 2 - genuine
+
+
 def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
-    """Scan, prepare if raw, filter, split and decode the datasets in `config.roots`."""
+    """Scan, prepare if raw, filter, split and decode (or list, to stream) the datasets in `config.roots`."""
     identities: list[Identity] = []
     for root in config.roots:
         identities.extend(scan_identities(resolve_aligned_root(Path(root), config, cache_dir)))
     kept = [ident for ident in identities if len(ident.files) >= config.min_images_per_identity]
     if len(kept) < 2:
         raise DatasetError(
-            f"only {len(kept)} identities have >= {config.min_images_per_identity} images "
-            "(data.min_images_per_identity); need at least 2"
+            f"training needs at least 2 identities with >= {config.min_images_per_identity} images "
+            f"(data.min_images_per_identity), found {len(kept)}: a face recognition model learns by telling "
+            "people apart"
         )
-    train_ids, held_ids = split_identities(kept, config.holdout_identities, config.split_seed)
+    train_ids, held_ids = split_identities(
+        kept, config.holdout_identities, config.split_seed, config.holdout_max_fraction
+    )
     train_files = [f for ident in train_ids for f in ident.files]
     train_labels = np.concatenate(
         [np.full(len(ident.files), k, dtype=np.int64) for k, ident in enumerate(train_ids)]
@@ -232,12 +342,8 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
     held_files = [f for ident in held_ids for f in ident.files]
     held_labels = np.array([k for k, ident in enumerate(held_ids) for _ in ident.files], dtype=np.int64)
     tensor_cache = Path(cache_dir) / "decoded"
-    train_faces = decode_faces(train_files, tensor_cache)
-    held_faces = (
-        decode_faces(held_files, tensor_cache)
-        if held_files
-        else np.empty((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
-    )
+    empty = np.empty((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    held_faces = decode_faces(held_files, tensor_cache) if held_files else empty
     pairs, same = (
         build_pairs(held_labels, config.holdout_pairs, config.split_seed)
         if held_ids
@@ -248,11 +354,13 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
         for folder in config.unlabelled
         for f in scan_flat(resolve_aligned_root(Path(folder), config, cache_dir, flat=True))
     ]
-    unlabelled_faces = (
-        decode_faces(unlabelled_files, tensor_cache)
-        if unlabelled_files
-        else np.empty((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
-    )
+    streamed = use_streaming(config, len(train_files) + len(unlabelled_files))
+    if streamed:
+        train_faces, unlabelled_faces = empty, empty
+    else:
+        train_faces = decode_faces(train_files, tensor_cache)
+        unlabelled_faces = decode_faces(unlabelled_files, tensor_cache) if unlabelled_files else empty
+    genuine_all, impostor_all = pair_counts(held_labels)
     summary = {
         "roots": [str(r) for r in config.roots],
         "unlabelled": [str(u) for u in config.unlabelled],
@@ -262,9 +370,13 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
         "min_images_per_identity": config.min_images_per_identity,
         "train_identities": len(train_ids),
         "train_images": len(train_files),
+        "holdout_identities_requested": config.holdout_identities,
         "holdout_identities": len(held_ids),
         "holdout_images": len(held_files),
         "holdout_pairs": int(len(pairs)),
+        "holdout_genuine_pairs_all": genuine_all,
+        "holdout_impostor_pairs_all": impostor_all,
+        "loader": "stream" if streamed else "memory",
         "dataset_digest": hashlib.sha256(json.dumps([i.name for i in kept]).encode()).hexdigest()[:16],
     }
     return FaceData(
@@ -276,6 +388,7 @@ def load_face_data(config: DataConfig, cache_dir: Path) -> FaceData:
         holdout_same=same,
         holdout_labels=held_labels,
         unlabelled_faces=unlabelled_faces,
+        stream_refs=[*train_files, *unlabelled_files] if streamed else None,
         summary=summary,
     )
 
@@ -343,6 +456,28 @@ def augment(batch: torch.Tensor, config: AugmentConfig, u: torch.Tensor) -> torc
     return out
 
 
+def batch_rows(
+    perm: torch.Tensor, batch_size: int, seed: int, epoch: int, step: int, rank: int, world_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank `rank`'s part of global batch `step` of `epoch`: (indices (b,) into the set, augmentation draws
+    (b, AUGMENT_DRAWS)), b = batch_size / world_size; `perm` is `epoch_permutation` of that epoch."""
+    index = perm[step * batch_size : (step + 1) * batch_size]
+    draws = torch.rand((batch_size, AUGMENT_DRAWS), generator=batch_generator(seed, epoch, step))
+    local = batch_size // world_size
+    rows = slice(rank * local, (rank + 1) * local)
+    return index[rows], draws[rows]
+
+
+def check_batching(num_images: int, batch_size: int, world_size: int) -> int:
+    """Steps per epoch; ValueError / DatasetError when the batch cannot be split or filled."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world_size}")
+    steps = steps_per_epoch(num_images, batch_size)
+    if steps == 0:
+        raise DatasetError(f"{num_images} training images are fewer than one batch of {batch_size}")
+    return steps
+
+
 class BatchSource:
     """Global batches of the in-memory training set, sliced for one DDP rank.
 
@@ -363,10 +498,9 @@ class BatchSource:
         world_size: int = 1,
         teacher: np.ndarray | None = None,
     ) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not divisible by the world size {world_size}")
         if teacher is not None and len(teacher) != len(labels):
             raise ValueError(f"{len(teacher)} teacher embeddings for {len(labels)} faces")
+        self.steps = check_batching(len(labels), batch_size, world_size)
         self.faces = torch.from_numpy(faces)
         self.labels = torch.from_numpy(labels)
         self.teacher = torch.from_numpy(teacher) if teacher is not None else None
@@ -375,9 +509,6 @@ class BatchSource:
         self.augment_config = augment_config
         self.rank = rank
         self.world_size = world_size
-        self.steps = steps_per_epoch(len(labels), batch_size)
-        if self.steps == 0:
-            raise DatasetError(f"{len(labels)} training images are fewer than one batch of {batch_size}")
         self._perm_epoch = -1
         self._perm = torch.empty(0, dtype=torch.int64)
 
@@ -387,13 +518,9 @@ class BatchSource:
         if epoch != self._perm_epoch:
             self._perm = epoch_permutation(len(self.labels), self.seed, epoch)
             self._perm_epoch = epoch
-        index = self._perm[step * self.batch_size : (step + 1) * self.batch_size]
-        draws = torch.rand(
-            (self.batch_size, AUGMENT_DRAWS), generator=batch_generator(self.seed, epoch, step)
+        index, draws = batch_rows(
+            self._perm, self.batch_size, self.seed, epoch, step, self.rank, self.world_size
         )
-        local = self.batch_size // self.world_size
-        rows = slice(self.rank * local, (self.rank + 1) * local)
-        index, draws = index[rows], draws[rows]
         images = augment(to_model_input(self.faces[index]), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else None
         return images, self.labels[index], teacher

@@ -1,4 +1,4 @@
-"""`drface eval`: verification accuracy of a model on CFP (FF, FP) or a pairs file.
+"""`drface eval`: verification accuracy of a model on CFP (FF, FP), a pairs file or `.bin` verification sets.
 
 Per image, once: bytes -> `decode_image` -> `FaceDetector` -> the largest face -> `align_face` (no face:
 `align_center_crop`, counted as `undetected`) -> `embed_faces` (flip-sum, L2-normalised). Per pair: cosine
@@ -61,6 +61,7 @@ DATA_ROOT_ENV = "DRFACE_DATA_ROOT"
 # k-fold best.
 SERVED_THRESHOLD_KEYS = (DEFAULT_OPERATING_POINT, "best_accuracy")
 _PLOT_MIN_FPR = 1e-4
+BIN_ALL_FOLDS = 10
 
 
 class EvaluationError(Exception):
@@ -363,22 +364,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--protocol",
-        choices=("cfp", "pairs"),
+        choices=("cfp", "pairs", "bin"),
         default=None,
-        help="default: pairs if --pairs is given, else cfp",
+        help="default: pairs if --pairs is given, bin if --data names .bin files, else cfp",
     )
     parser.add_argument(
         "--data",
         type=Path,
+        nargs="+",
         default=None,
         help=f"CFP root (default: ${DATA_ROOT_ENV}/cfp or ../shared/data/cfp); with an LFW pairs file, the "
-        "folder holding name/name_000n.jpg (default: the pairs file's folder)",
+        "folder holding name/name_000n.jpg (default: the pairs file's folder); with --protocol bin, one or "
+        "more verification sets (lfw.bin cfp_fp.bin agedb_30.bin ...: aligned faces, 10 folds)",
     )
     parser.add_argument("--pairs", type=Path, default=None, help="pairs file: LFW pairs.txt format or CSV")
     parser.add_argument("--splits", nargs="+", choices=tuple(CFP_SPLITS), default=None, help="CFP splits")
     parser.add_argument("--folds", type=int, default=None, help="quick run: use only the first N folds")
     parser.add_argument(
-        "--limit-pairs", type=int, default=None, help="quick run: at most N pairs per split (balanced)"
+        "--limit-pairs",
+        type=int,
+        default=None,
+        help="quick run: at most N pairs per split (balanced; cfp and pairs only)",
     )
     parser.add_argument("--batch-size", type=int, default=EvalSettings().batch_size, help="faces per batch")
     parser.add_argument("--workers", type=int, default=EvalSettings().workers, help="image loading threads")
@@ -388,14 +394,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _protocol_kind(args: argparse.Namespace) -> str:
+    if args.protocol:
+        return args.protocol
+    if args.pairs is not None:
+        return "pairs"
+    if args.data and all(Path(d).suffix == ".bin" for d in args.data):
+        return "bin"
+    return "cfp"
+
+
+def _single_data(args: argparse.Namespace) -> Path | None:
+    if args.data and len(args.data) > 1:
+        raise EvaluationError("--data takes one folder with --protocol cfp or pairs (several only with bin)")
+    return args.data[0] if args.data else None
+
+
 def _load_protocols(args: argparse.Namespace) -> list[Protocol]:
-    kind = args.protocol or ("pairs" if args.pairs is not None else "cfp")
+    kind = _protocol_kind(args)
     if kind == "pairs":
         if args.pairs is None:
             raise EvaluationError("--protocol pairs needs --pairs FILE")
-        protocols = [load_pairs_file(args.pairs, args.data)]
+        protocols = [load_pairs_file(args.pairs, _single_data(args))]
     else:
-        root = args.data or default_cfp_root()
+        root = _single_data(args) or default_cfp_root()
         if root is None:
             raise EvaluationError(
                 f"CFP data not found: pass --data DIR (the CFP root holding Protocol/ and Data/) or set "
@@ -433,6 +455,29 @@ def format_report(results: dict[str, dict[str, float | int]]) -> str:
     return "\n".join(lines)
 
 
+def _evaluate_bins(
+    model: torch.nn.Module, args: argparse.Namespace, settings: EvalSettings, threshold: float | None
+) -> tuple[dict[str, dict[str, float | int]], dict[str, RocCurve], int]:
+    """(report, ROC and image count) of each .bin in --data, keyed by file stem; 10 folds (or --folds)."""
+    from training.binsets import bin_report, load_bin, score_bin
+
+    if not args.data:
+        raise EvaluationError("--protocol bin needs --data FILE.bin [FILE.bin ...]")
+    results, curves, images = {}, {}, 0
+    for path in args.data:
+        binset = load_bin(path)
+        scores = score_bin(model, binset, settings.batch_size)
+        keep = binset.folds < (args.folds or BIN_ALL_FOLDS)
+        try:
+            report = bin_report(scores[keep], binset.same[keep], binset.folds[keep], threshold)
+        except MetricError as exc:
+            raise EvaluationError(f"{binset.name}: {exc}") from exc
+        results[binset.name] = report
+        curves[binset.name] = roc_curve(scores[keep], binset.same[keep])
+        images += len(binset.faces)
+    return results, curves, images
+
+
 def _teacher_model(path: Path, config_path: Path | None) -> torch.nn.Module:
     """An ONNX model behind the student's interface, its input declared by the recipe's distill.input."""
     declared = load_config(config_path, {"data.roots": ["unused"]}).distill.input
@@ -454,6 +499,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _fail(str(exc))
+    from training.binsets import BinSetError  # binsets embeds with this module's functions
+
     try:
         if args.teacher is not None:
             model, card, name = _teacher_model(args.teacher, args.config), None, args.teacher.name
@@ -461,18 +508,19 @@ def run(args: argparse.Namespace) -> int:
             loaded = load_artifact(args.weights, device=args.device)
             model, card = loaded.model, loaded.card
             name = f"{'trained' if card.trained else 'UNTRAINED'}, {card.name}"
-        protocols = _load_protocols(args)
-    except (EvaluationError, ProtocolError, ArtifactError, ConfigError, TeacherError) as exc:
-        return _fail(str(exc))
-    threshold = served_threshold(card)
-    try:
-        scored = score_protocols(model, protocols, settings=settings)
-        results = {name: result.report(threshold) for name, result in scored.items()}
-    except EvaluationError as exc:
+        threshold = served_threshold(card)
+        if _protocol_kind(args) == "bin":
+            results, curves, images = _evaluate_bins(model, args, settings, threshold)
+        else:
+            protocols = _load_protocols(args)
+            scored = score_protocols(model, protocols, settings=settings)
+            results = {name: result.report(threshold) for name, result in scored.items()}
+            curves = {name: result.roc() for name, result in scored.items()}
+            images = len(_union_images(protocols)[0])
+    except (EvaluationError, ProtocolError, ArtifactError, ConfigError, TeacherError, BinSetError) as exc:
         return _fail(str(exc))
     elapsed = time.perf_counter() - started
     if args.plots is not None:
-        curves = {name: result.roc() for name, result in scored.items()}
         source = args.teacher if args.teacher is not None else Path(args.weights)
         path = save_roc_plot(curves, args.plots / "roc.png", title=f"ROC: {source.name}")
         print(f"ROC curves saved to {path}", file=sys.stderr)
@@ -481,6 +529,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"model: {args.teacher or args.weights} ({name})")
         print(format_report(results))
-    images = len(_union_images(protocols)[0])
     print(f"evaluated {images} images in {elapsed:.1f} s ({images / elapsed:.1f} images/s)", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model.mobilefacenet import MobileFaceNet, build_backbone
+from training.binsets import BinSet, evaluate_bin
 from training.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -37,10 +38,34 @@ from training.distributed import DistContext, average_gradients, barrier, max_ov
 from training.monitor import RunLog
 from training.partial_fc import ShardedMarginHead, clip_grad_norm_
 from training.schedule import learning_rate, margins
+from training.streaming import StreamingBatches, StreamingBatchSource
 from training.validate import AlignedCfp, holdout_report
 
 # Sections of the config that must match between a checkpoint and the run resuming it.
 RESUME_FIXED_SECTIONS = ("data", "model", "head", "augment", "distill")
+# Fields of those sections that change how batches are made, not which: a run may resume with others.
+RESUME_FREE_FIELDS = {"data": ("loader", "memory_budget_gb", "workers")}
+
+
+def _fixed_part(config: dict[str, Any], section: str) -> Any:
+    value = config.get(section)
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in RESUME_FREE_FIELDS.get(section, ())}
+    return value
+
+
+def build_batch_source(
+    data: FaceData, config: TrainConfig, context: DistContext
+) -> BatchSource | StreamingBatchSource:
+    """In-memory batches, or DataLoader workers decoding them when the data is streamed (same batches)."""
+    args = (config.batch_size, config.runtime.seed, config.augment, context.rank, context.world_size)
+    if data.stream_refs is not None:
+        dataset = StreamingBatches(
+            data.stream_refs, data.training_labels(), *args, teacher=data.teacher_embeddings
+        )
+        return StreamingBatchSource(dataset, config.data.workers)
+    faces, labels = data.all_training_faces()
+    return BatchSource(faces, labels, *args, teacher=data.teacher_embeddings)
 
 
 def seed_everything(seed: int) -> None:
@@ -138,6 +163,7 @@ class Trainer:
         out_dir: Path,
         log: RunLog | None = None,
         cfp: AlignedCfp | None = None,
+        bin_sets: list[BinSet] | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -146,6 +172,7 @@ class Trainer:
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.log = log
         self.cfp = cfp
+        self.bin_sets = bin_sets or []
         device = context.device
 
         seed_everything(config.runtime.seed)
@@ -178,17 +205,7 @@ class Trainer:
         self.optimizer = build_optimizer(parameter_groups(self.net, self.head, config, self.distill), config)
         self.amp_dtype = autocast_dtype(config, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        faces, labels = data.all_training_faces()
-        self.source = BatchSource(
-            faces,
-            labels,
-            config.batch_size,
-            config.runtime.seed,
-            config.augment,
-            context.rank,
-            context.world_size,
-            teacher=data.teacher_embeddings,
-        )
+        self.source = build_batch_source(data, config, context)
         self.steps_per_epoch = self.source.steps
         self.total_steps = self.steps_per_epoch * config.epochs
         # position and bookkeeping (all in the checkpoint)
@@ -288,7 +305,7 @@ class Trainer:
         saved_config = state["config"]
         current = self.config.model_dump(mode="json")
         for section in RESUME_FIXED_SECTIONS:
-            if saved_config.get(section) != current[section]:
+            if _fixed_part(saved_config, section) != _fixed_part(current, section):
                 raise CheckpointError(
                     f"config section '{section}' differs from the checkpoint's; cannot resume"
                 )
@@ -330,7 +347,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, final: bool = False) -> dict[str, Any]:
-        """Held-out verification (+ CFP when configured) on rank 0; {} on other ranks.
+        """Held-out verification (+ CFP and .bin sets when configured) on rank 0; {} on other ranks.
 
         CFP uses `eval.cfp_folds` folds during training, `eval.final_cfp_folds` when `final`; its accuracy is
         also reported at the thresholds calibrated on the held-out identities.
@@ -351,6 +368,9 @@ class Trainer:
             thresholds = results.get("holdout", {}).get("thresholds", {})
             folds = self.config.eval.final_cfp_folds if final else self.config.eval.cfp_folds
             results.update(self.cfp.evaluate(self.net, folds, thresholds))
+        served = results.get("holdout", {}).get("thresholds", {}).get("best_accuracy")
+        for binset in self.bin_sets:
+            results[binset.name] = evaluate_bin(self.net, binset, self.config.eval.batch_size, served)
         return results
 
     def _selection_score(self, results: dict[str, Any]) -> float | None:

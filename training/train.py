@@ -18,20 +18,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.allocator import keep_freed_memory
 from model.artifact import ModelCard, save_artifact
+from training.binsets import BinSetError, load_bin
 from training.checkpoint import BEST_NAME, LAST_NAME, CheckpointError, load_checkpoint
 from training.config import ConfigError, TrainConfig, config_to_yaml, load_config, parse_set_items
-from training.data import DatasetError, FaceData, load_face_data
+from training.data import DatasetError, FaceData, decode_faces, load_face_data
 from training.distributed import DistContext, barrier, setup, teardown
 from training.loop import FitResult, Trainer
 from training.monitor import CURVES_NAME, METRICS_NAME, RunLog, plot_curves
+from training.small_data import data_notes, fit_batch_to_data
 from training.teacher import OnnxTeacher, TeacherError, teacher_embeddings
 from training.validate import AlignedCfp, find_cfp_root
 
 EXIT_USAGE = 2
+TEACHER_CHUNK_FACES = 16_384  # streamed faces decoded at a time for the teacher: 0.6 GB
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +43,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="YAML recipe (default: configs/default.yaml, the shipped model)"
     )
-    parser.add_argument("--data", type=Path, nargs="+", metavar="DIR", help="dataset root(s) -> data.roots")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="dataset folder(s) and/or insightface .rec file(s) -> data.roots",
+    )
     parser.add_argument(
         "--unlabelled",
         type=Path,
@@ -122,15 +132,31 @@ def _load_data(config: TrainConfig, context: DistContext) -> FaceData:
     return data if data is not None else load_training_data(config)
 
 
+def _all_teacher_embeddings(data: FaceData, teacher: OnnxTeacher, config: TrainConfig) -> np.ndarray:
+    """(N + U, Dt) teacher embeddings of the training faces; streamed faces are decoded chunk by chunk."""
+    run = {
+        "teacher": teacher,
+        "cache_dir": _cache_dir(config),
+        "batch_size": config.distill.batch_size,
+        "progress": config.runtime.progress,
+    }
+    if data.stream_refs is None:
+        return teacher_embeddings(data.all_training_faces()[0], **run)
+    refs = data.stream_refs
+    return np.concatenate(
+        [
+            teacher_embeddings(decode_faces(refs[start : start + TEACHER_CHUNK_FACES]), **run)
+            for start in range(0, len(refs), TEACHER_CHUNK_FACES)
+        ]
+    )
+
+
 def load_training_data(config: TrainConfig) -> FaceData:
     """The data of `config`, with each training face's teacher embedding when distilling (caches filled)."""
     data = load_face_data(config.data, _cache_dir(config))
     if config.distill.teacher is not None:
         teacher = OnnxTeacher(config.distill.teacher, config.distill.input, config.distill.threads)
-        faces, _ = data.all_training_faces()
-        data.teacher_embeddings = teacher_embeddings(
-            faces, teacher, _cache_dir(config), config.distill.batch_size, config.runtime.progress
-        )
+        data.teacher_embeddings = _all_teacher_embeddings(data, teacher, config)
         data.summary["teacher"] = {
             "file": teacher.path.name,
             "sha256": teacher.sha256,
@@ -268,19 +294,24 @@ def run(args: argparse.Namespace) -> int:
     log = None
     try:
         data = _load_data(config, context)
+        config, batch_notes = fit_batch_to_data(config, len(data.training_labels()), context.world_size)
+        data.summary["warnings"] = batch_notes + data_notes(data.summary)
         if context.is_main:
+            for note in data.summary["warnings"]:
+                print(f"drface train: warning: {note}", file=sys.stderr)
             config.out.mkdir(parents=True, exist_ok=True)
             (config.out / "config.yaml").write_text(config_to_yaml(config), encoding="utf-8")
             log = RunLog(config.out)
             print(
                 f"drface train: {data.summary['train_identities']} identities, "
                 f"{data.summary['train_images']} images; held out {data.summary['holdout_identities']} "
-                f"identities ({data.summary['holdout_pairs']} pairs); world size {context.world_size}, "
-                f"device {context.device}",
+                f"identities ({data.summary['holdout_pairs']} pairs); {data.summary['loader']} loader; "
+                f"world size {context.world_size}, device {context.device}",
                 file=sys.stderr,
             )
         cfp = _load_cfp(config) if context.is_main else None
-        trainer = Trainer(config, data, context, config.out, log=log, cfp=cfp)
+        bin_sets = [load_bin(path) for path in config.eval.bin_sets] if context.is_main else []
+        trainer = Trainer(config, data, context, config.out, log=log, cfp=cfp, bin_sets=bin_sets)
         if args.resume:
             trainer.resume()
             if context.is_main:
@@ -303,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
             _print_summary(weights, evaluation)
         barrier(context)
         return 0
-    except (DatasetError, CheckpointError, TeacherError) as exc:
+    except (DatasetError, CheckpointError, TeacherError, BinSetError) as exc:
         print(f"drface train: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PermissionError as exc:  # a folder below the checked ones, owned by another user

@@ -1,12 +1,15 @@
 """`drface train` end to end on a few real identities (faces94, aligned by the real `drface prepare`).
 
 One straight 3-epoch run is shared: it must lower the loss and produce an artifact the service can load and
-embed with; a run interrupted mid-epoch 2 and resumed must reproduce its weights bit for bit; a 2-rank gloo
-DDP run (torchrun) must agree with it; SIGTERM must leave a loadable checkpoint.
+embed with; a run interrupted mid-epoch 2 and resumed must reproduce its weights bit for bit, and so must the
+same faces packed by `drface pack` into a .rec and streamed by DataLoader workers; a 2-rank gloo DDP run
+(torchrun) streaming the .rec must agree with it; SIGTERM must leave a loadable checkpoint. A .bin set made
+by the project's writer from the same faces is evaluated by `drface eval --protocol bin` and during training.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +26,7 @@ from app.cli import main as cli_main
 from model.artifact import load_artifact
 from model.embed import embed_faces
 from training import teacher as training_teacher
+from training.binsets import write_bin
 from training.checkpoint import load_checkpoint
 from training.monitor import read_records
 
@@ -59,6 +63,7 @@ def config_path(aligned_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
             "prepared": "aligned",
             "min_images_per_identity": 2,
             "holdout_identities": 2,
+            "holdout_max_fraction": 0.5,
             "holdout_pairs": 100,
             "cache_dir": str(tmp_path_factory.mktemp("cache")),
         },
@@ -73,6 +78,7 @@ def config_path(aligned_root: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "runtime": {"num_threads": 1, "progress": False, "log_every_steps": 1},
         "epochs": 3,
         "batch_size": 16,
+        "min_steps_per_epoch": 1,
         "name": NAME,
     }
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
@@ -143,11 +149,65 @@ def test_interrupted_and_resumed_run_matches_the_straight_run(
         assert torch.equal(straight[name], resumed[name]), name
 
 
-def test_two_process_ddp_run_agrees_with_single_process(straight_run: Path, config_path: Path, tmp_path):
+@pytest.fixture(scope="module")
+def packed_rec(aligned_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 6 identities packed by `drface pack` into an insightface .rec (+ .idx, property)."""
+    rec = tmp_path_factory.mktemp("rec") / "train.rec"
+    assert cli_main(["pack", str(aligned_root), str(rec)]) == 0
+    return rec
+
+
+@pytest.fixture(scope="module")
+def bin_path(aligned_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-pair .bin written by `training.binsets.write_bin`: genuine and impostor pairs alternate."""
+    people = [
+        sorted(f for f in folder.iterdir() if f.suffix in (".png", ".jpg"))
+        for folder in sorted(p for p in aligned_root.iterdir() if p.is_dir())
+    ]
+    images, same = [], []
+    for k in range(40):
+        a = people[k % len(people)]
+        b = a if k % 2 == 0 else people[(k + 1) % len(people)]
+        images += [a[k % len(a)].read_bytes(), b[(k + 3) % len(b)].read_bytes()]
+        same.append(k % 2 == 0)
+    path = tmp_path_factory.mktemp("bin") / "tinybin.bin"
+    write_bin(path, images, same)
+    return path
+
+
+def test_a_packed_rec_streamed_by_workers_and_resumed_matches_the_folder_run(
+    straight_run: Path, config_path: Path, packed_rec: Path, bin_path: Path, tmp_path
+):
+    out = tmp_path / "rec"
+    flags = ["--data", str(packed_rec), "--set", "data.loader=stream", "--set", "data.workers=2"]
+    flags += ["--set", f"eval.bin_sets=[{bin_path}]"]
+    assert _train(config_path, out, *flags, "--set", "runtime.stop_after_steps=4") == 0
+    assert _train(config_path, out, *flags, "--resume") == 0
+    straight, streamed = _weights(straight_run), _weights(out)
+    for name in straight:
+        assert torch.equal(straight[name], streamed[name]), name
+    card = load_artifact(out / f"{NAME}.safetensors").card
+    assert card.data["loader"] == "stream" and card.data["train_identities"] == 4
+    assert card.eval["tinybin"]["pairs"] == 40 and 0 <= card.eval["tinybin"]["accuracy"] <= 1
+
+
+def test_eval_scores_bin_sets_with_ten_folds(straight_run: Path, bin_path: Path, capsys):
+    weights = straight_run / f"{NAME}.safetensors"
+    command = ["eval", "--weights", str(weights), "--protocol", "bin", "--data", str(bin_path), str(bin_path)]
+    assert cli_main([*command, "--json", "--no-progress"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert list(results) == ["tinybin"] and results["tinybin"]["pairs"] == 40
+    assert {"accuracy", "accuracy_std", "auc", "eer", "tar_at_far_1e-3"} <= set(results["tinybin"])
+
+
+def test_two_process_ddp_run_on_a_rec_agrees_with_single_process(
+    straight_run: Path, config_path: Path, packed_rec: Path, tmp_path
+):
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         "-m", "app.cli", "train", "--config", str(config_path), "--out", str(out),
+        "--data", str(packed_rec), "--set", "data.loader=stream", "--set", "data.workers=1",
     ]  # fmt: skip
     result = subprocess.run(
         command,
