@@ -208,6 +208,8 @@ class Trainer:
         self.source = build_batch_source(data, config, context)
         self.steps_per_epoch = self.source.steps
         self.total_steps = self.steps_per_epoch * config.epochs
+        # unweighted distillation loss summed over the current log window (reset by _Progress)
+        self.distill_loss_sum = torch.zeros((), device=device)
         # position and bookkeeping (all in the checkpoint)
         self.epoch = 0
         self.step = 0
@@ -252,7 +254,9 @@ class Trainer:
         loss, accuracy = self.head(embeddings.float(), labels)
         if self.distill is not None and teacher is not None:
             teacher = teacher.to(self.context.device, non_blocking=True)
-            loss = loss + self.config.distill.weight * self.distill(embeddings.float(), teacher)
+            distill_loss = self.distill(embeddings.float(), teacher)
+            self.distill_loss_sum += distill_loss.detach()  # logged unweighted, per log window
+            loss = loss + self.config.distill.weight * distill_loss
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         replicated = list(self.net.parameters())
@@ -491,6 +495,7 @@ class _Progress:
     def _reset(self) -> None:
         device = self.trainer.context.device
         self.loss = torch.zeros((), device=device)
+        self.trainer.distill_loss_sum = torch.zeros((), device=device)
         self.accuracy = torch.zeros((), device=device)
         self.steps = 0
         self.start = time.perf_counter()
@@ -511,6 +516,11 @@ class _Progress:
             "epoch": trainer.epoch,
             "epoch_progress": trainer.epoch + trainer.step / trainer.steps_per_epoch,
             "loss": float(self.loss.item()) / self.steps,  # .item() syncs the GPU: only once per window
+            **(
+                {"distill_loss": float(trainer.distill_loss_sum.item()) / self.steps}
+                if trainer.distill is not None
+                else {}
+            ),
             "accuracy": float(self.accuracy.item()) / self.steps,
             "lr": lr,
             "margin_arc": trainer.head.margin_arc,

@@ -280,6 +280,8 @@ def test_distillation_run_with_unlabelled_faces_resumes_exactly_and_reuses_the_t
     assert card.data["teacher"]["sha256"] == training_teacher.file_sha256(teacher_path)
     assert card.embedding_dim == 128  # the projection to the teacher's 128-d is dropped from the artifact
     assert card.training["recipe"]["distill"]["teacher"] == str(teacher_path)
+    records = [r for r in read_records(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "train"]
+    assert all(0.0 <= r["distill_loss"] <= 2.0 for r in records)  # 1 - cosine, logged unweighted
 
     out = tmp_path / "resumed"
     assert _train(config_path, out, *flags, "--set", "runtime.stop_after_steps=2") == 0
