@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -48,8 +49,13 @@ RESUME_FREE_FIELDS = {"data": ("loader", "memory_budget_gb", "workers")}
 
 
 def _fixed_part(config: dict[str, Any], section: str) -> Any:
+    """The part of a config section that must match to resume. Fields added to drface after the checkpoint
+    was written take their defaults, so an older checkpoint resumes when the new fields are left alone."""
     value = config.get(section)
     if isinstance(value, dict):
+        section_type = TrainConfig.model_fields[section].annotation
+        with contextlib.suppress(ValidationError):
+            value = section_type.model_validate(value).model_dump(mode="json")
         return {k: v for k, v in value.items() if k not in RESUME_FREE_FIELDS.get(section, ())}
     return value
 

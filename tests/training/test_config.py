@@ -171,3 +171,13 @@ def test_default_recipe_travels_with_a_non_editable_install(tmp_path):
 
 def test_source_checkout_reads_the_repository_recipe():
     assert DEFAULT_CONFIG_PATH == REPO_ROOT / "configs" / "default.yaml"
+
+
+def test_a_checkpoint_from_before_a_new_field_resumes_when_the_field_keeps_its_default(tmp_path):
+    from training.loop import _fixed_part
+
+    current = load_config(None, {"data.roots": [str(tmp_path)]}).model_dump(mode="json")
+    older = {**current, "data": {k: v for k, v in current["data"].items() if k != "holdout_max_fraction"}}
+    assert _fixed_part(older, "data") == _fixed_part(current, "data")
+    changed = {**current, "data": {**current["data"], "holdout_max_fraction": 0.5}}
+    assert _fixed_part(changed, "data") != _fixed_part(current, "data")
