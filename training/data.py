@@ -478,13 +478,51 @@ def check_batching(num_images: int, batch_size: int, world_size: int) -> int:
     return steps
 
 
-class BatchSource:
-    """Global batches of the in-memory training set, sliced for one DDP rank.
+class BatchPlan:
+    """Which rows and augmentation draws make each global batch, sliced for one DDP rank.
+
+    Global batch `step` of `epoch` is `perm[step*B:(step+1)*B]` of a permutation seeded by (seed, epoch);
+    rank r of w takes rows [r*B/w, (r+1)*B/w), so a w-rank run sees the same global batches as a
+    single-process run with the same global batch size. `labels` (N,) and `teacher` (N, Dt) (or None)
+    belong to the N faces.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        augment_config: AugmentConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        teacher: np.ndarray | None = None,
+    ) -> None:
+        if teacher is not None and len(teacher) != len(labels):
+            raise ValueError(f"{len(teacher)} teacher embeddings for {len(labels)} faces")
+        self.steps = check_batching(len(labels), batch_size, world_size)
+        self.labels = torch.from_numpy(labels)
+        self.teacher = torch.from_numpy(teacher) if teacher is not None else None
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment_config = augment_config
+        self.rank = rank
+        self.world_size = world_size
+        self._perm_epoch = -1
+        self._perm = torch.empty(0, dtype=torch.int64)
+
+    def rows(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's face indices (b,) of global batch `step` of `epoch`, draws (b, AUGMENT_DRAWS)."""
+        if epoch != self._perm_epoch:
+            self._perm = epoch_permutation(len(self.labels), self.seed, epoch)
+            self._perm_epoch = epoch
+        return batch_rows(self._perm, self.batch_size, self.seed, epoch, step, self.rank, self.world_size)
+
+
+class BatchSource(BatchPlan):
+    """Global batches of the in-memory training set (N, 112, 112, 3) uint8 BGR, sliced for one DDP rank.
 
     The set is the labelled faces followed by the unlabelled ones (label UNLABELLED); `teacher` (N, Dt) holds
-    each face's teacher embedding when distilling. Global batch `step` of `epoch` is
-    `perm[step*B:(step+1)*B]`; rank r of w takes rows [r*B/w, (r+1)*B/w), so a w-rank run sees the same
-    global batches as a single-process run with the same global batch size.
+    each face's teacher embedding when distilling.
     """
 
     def __init__(
@@ -498,29 +536,13 @@ class BatchSource:
         world_size: int = 1,
         teacher: np.ndarray | None = None,
     ) -> None:
-        if teacher is not None and len(teacher) != len(labels):
-            raise ValueError(f"{len(teacher)} teacher embeddings for {len(labels)} faces")
-        self.steps = check_batching(len(labels), batch_size, world_size)
+        super().__init__(labels, batch_size, seed, augment_config, rank, world_size, teacher)
         self.faces = torch.from_numpy(faces)
-        self.labels = torch.from_numpy(labels)
-        self.teacher = torch.from_numpy(teacher) if teacher is not None else None
-        self.batch_size = batch_size
-        self.seed = seed
-        self.augment_config = augment_config
-        self.rank = rank
-        self.world_size = world_size
-        self._perm_epoch = -1
-        self._perm = torch.empty(0, dtype=torch.int64)
 
     def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """This rank's images (b, 3, 112, 112) float [-1, 1], labels (b,) int64 (UNLABELLED for faces without
         identity) and teacher embeddings (b, Dt) or None, of global batch `step`."""
-        if epoch != self._perm_epoch:
-            self._perm = epoch_permutation(len(self.labels), self.seed, epoch)
-            self._perm_epoch = epoch
-        index, draws = batch_rows(
-            self._perm, self.batch_size, self.seed, epoch, step, self.rank, self.world_size
-        )
+        index, draws = self.rows(epoch, step)
         images = augment(to_model_input(self.faces[index]), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else None
         return images, self.labels[index], teacher

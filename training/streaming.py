@@ -31,11 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.config import AugmentConfig
 from training.data import (
+    BatchPlan,
     FaceRef,
     augment,
-    batch_rows,
-    check_batching,
-    epoch_permutation,
     read_face,
     to_model_input,
 )
@@ -72,7 +70,7 @@ class Positions:
             epoch, step = (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
 
 
-class StreamingBatches(Dataset):
+class StreamingBatches(BatchPlan, Dataset):
     """Map-style dataset whose item (epoch, step) is this rank's part of global batch `step` of `epoch`."""
 
     def __init__(
@@ -88,29 +86,12 @@ class StreamingBatches(Dataset):
     ) -> None:
         if len(refs) != len(labels):
             raise ValueError(f"{len(refs)} faces for {len(labels)} labels")
-        if teacher is not None and len(teacher) != len(labels):
-            raise ValueError(f"{len(teacher)} teacher embeddings for {len(labels)} faces")
-        self.steps = check_batching(len(labels), batch_size, world_size)
+        super().__init__(labels, batch_size, seed, augment_config, rank, world_size, teacher)
         self.refs = refs
-        self.labels = torch.from_numpy(labels)
-        self.teacher = torch.from_numpy(teacher) if teacher is not None else None
-        self.batch_size = batch_size
-        self.seed = seed
-        self.augment_config = augment_config
-        self.rank = rank
-        self.world_size = world_size
-        self._perm_epoch = -1
-        self._perm = torch.empty(0, dtype=torch.int64)
 
     def __getitem__(self, position: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images (b, 3, 112, 112) float [-1, 1], labels (b,), teacher (b, Dt); (0,) if not distilling)."""
-        epoch, step = position
-        if self._perm_epoch != epoch:
-            self._perm = epoch_permutation(len(self.labels), self.seed, epoch)
-            self._perm_epoch = epoch
-        index, draws = batch_rows(
-            self._perm, self.batch_size, self.seed, epoch, step, self.rank, self.world_size
-        )
+        index, draws = self.rows(*position)
         faces = torch.from_numpy(np.stack([read_face(self.refs[i]) for i in index.tolist()]))
         images = augment(to_model_input(faces), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else torch.empty(0)
