@@ -139,7 +139,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -188,7 +189,7 @@ def save_artifact(path_prefix: str | os.PathLike[str], model: nn.Module, card: M
     weights_path, card_path = artifact_paths(path_prefix)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in net.state_dict().items()}
     write_atomic(weights_path, lambda p: save_file(tensors, str(p), metadata={"format": "drface"}))
-    written = card.model_copy(update={"weights_sha256": _sha256(weights_path)})
+    written = card.model_copy(update={"weights_sha256": file_sha256(weights_path)})
     write_atomic(
         card_path, lambda p: p.write_text(written.model_dump_json(indent=2) + "\n", encoding="utf-8")
     )
@@ -217,7 +218,7 @@ def load_artifact(
     if not weights_path.is_file():
         raise ArtifactNotFoundError(f"weights file not found: {weights_path}")
     card = load_card(card_path)
-    if card.weights_sha256 is not None and _sha256(weights_path) != card.weights_sha256:
+    if card.weights_sha256 is not None and file_sha256(weights_path) != card.weights_sha256:
         raise ArtifactCorruptError(
             f"{weights_path} does not match the checksum in {card_path} (corrupt, or not this card's weights)"
         )

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.artifact import write_atomic
+from model.artifact import file_sha256, write_atomic
 from training.config import DistillInputConfig
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,6 @@ KEY_BYTES = 16  # blake2b digest of a face's pixels
 
 class TeacherError(ValueError):
     """A teacher file that cannot be used (missing, not ONNX, wrong input or output shape)."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _repaired_graph(path: Path, symbolic_batch: bool) -> bytes:

@@ -23,9 +23,8 @@ import yaml
 from safetensors.torch import load_file
 
 from app.cli import main as cli_main
-from model.artifact import load_artifact
+from model.artifact import file_sha256, load_artifact
 from model.embed import embed_faces
-from training import teacher as training_teacher
 from training.binsets import write_bin
 from training.checkpoint import load_checkpoint
 from training.monitor import read_records
@@ -277,7 +276,7 @@ def test_distillation_run_with_unlabelled_faces_resumes_exactly_and_reuses_the_t
 
     card = load_artifact(tmp_path / "straight" / f"{NAME}.safetensors").card
     assert card.data["unlabelled_images"] == 6 and card.data["train_images"] == 48
-    assert card.data["teacher"]["sha256"] == training_teacher.file_sha256(teacher_path)
+    assert card.data["teacher"]["sha256"] == file_sha256(teacher_path)
     assert card.embedding_dim == 128  # the projection to the teacher's 128-d is dropped from the artifact
     assert card.training["recipe"]["distill"]["teacher"] == str(teacher_path)
     records = [r for r in read_records(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "train"]
