@@ -15,7 +15,13 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from training.evaluate import cosine_scores, default_cfp_root, embed_aligned_faces, evaluate_embeddings
+from training.evaluate import (
+    SERVED_THRESHOLD_KEYS,
+    cosine_scores,
+    default_cfp_root,
+    embed_aligned_faces,
+    evaluate_embeddings,
+)
 from training.metrics import accuracy_at_threshold, best_threshold, far_key, roc_curve
 from training.protocols import load_cfp
 
@@ -132,7 +138,7 @@ class AlignedCfp:
         embedded = embed_aligned_faces(model, faces[needed], batch_size=self.batch_size)
         embeddings = np.zeros((len(faces), embedded.shape[1]), np.float32)
         embeddings[needed] = embedded
-        served = thresholds.get("best_accuracy")
+        served = next((thresholds[k] for k in SERVED_THRESHOLD_KEYS if k in thresholds), None)
         reports = {}
         for name, protocol in self.protocols.items():
             keep = kept[name]
