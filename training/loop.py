@@ -71,7 +71,7 @@ def build_batch_source(
         )
         return StreamingBatchSource(dataset, config.data.workers)
     faces, labels = data.all_training_faces()
-    return BatchSource(faces, labels, *args, teacher=data.teacher_embeddings)
+    return BatchSource(faces, labels, *args, teacher=data.teacher_embeddings, device=context.device)
 
 
 def seed_everything(seed: int) -> None:

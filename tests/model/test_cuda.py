@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,3 +103,27 @@ def test_backbone_on_cuda_matches_cpu_and_trains():
         for p in model_cuda.parameters()
         if p.requires_grad
     )
+
+
+def test_batches_assembled_on_cuda_match_the_cpu_ones():
+    # On a GPU the training set lives on the device and augmentation runs there: same batch as on the CPU
+    # (same rows, labels and teacher rows; pixels equal up to float rounding of the affine resampling).
+    from training.config import AugmentConfig
+    from training.data import UNLABELLED, BatchSource
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (40, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    labels = np.array([i % 5 for i in range(30)] + [UNLABELLED] * 10, np.int64)
+    teacher = rng.standard_normal((40, 16)).astype(np.float32)
+    args = (faces, labels, 16, 3, AugmentConfig())
+    cpu = BatchSource(*args, teacher=teacher)
+    gpu = BatchSource(*args, teacher=teacher, device=CUDA)
+    for epoch, step in ((0, 0), (1, 1)):
+        (cpu_images, cpu_labels, cpu_teacher), (gpu_images, gpu_labels, gpu_teacher) = (
+            cpu.batch(epoch, step),
+            gpu.batch(epoch, step),
+        )
+        assert gpu_images.device.type == "cuda" and gpu_images.shape == (16, 3, INPUT_SIZE, INPUT_SIZE)
+        assert torch.equal(gpu_labels.cpu(), cpu_labels)
+        assert torch.equal(gpu_teacher.cpu(), cpu_teacher)
+        assert (gpu_images.cpu() - cpu_images).abs().max() < 1e-3
