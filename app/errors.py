@@ -18,7 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.decode import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
+from model import pipeline
+from model.decode import ImageError, ImageTooLargeError, UnsupportedImageError
 
 logger = logging.getLogger("drface.app")
 
@@ -83,23 +84,35 @@ class NotReadyError(ApiError):
     status_code, code = 503, "not_ready"
 
 
-# Errors from the image decoder (model.decode) -> the API error they mean. The first matching class wins.
-_IMAGE_ERRORS: tuple[tuple[type[ImageError], type[ApiError]], ...] = (
-    (ImageTooLargeError, TooLargeError),
-    (UnsupportedImageError, UnsupportedMediaTypeError),
-    (ImageDecodeError, BadImageError),
-    (ImageError, BadImageError),
+# Errors of the image decoder (model.decode) and the face pipeline (model.pipeline) -> the API error they
+# mean, and the message template ({} is the error's own message). The first matching class wins.
+_DOMAIN_ERRORS: tuple[tuple[type[Exception], type[ApiError], str], ...] = (
+    (ImageTooLargeError, TooLargeError, "{}"),
+    (UnsupportedImageError, UnsupportedMediaTypeError, "{}"),
+    (ImageError, BadImageError, "{}"),
+    (pipeline.NoFaceError, NoFaceError, "{}"),
+    (
+        pipeline.TooManyFacesError,
+        TooManyFacesError,
+        "{}; crop the photo or use /v1/verify (which uses the largest face)",
+    ),
+    (
+        pipeline.NotAlignedError,
+        InvalidRequestError,
+        "aligned=true {}; send the photo with aligned=false to detect and align the face",
+    ),
+    (pipeline.FaceError, InvalidRequestError, "{}"),
 )
 
 # Status codes Starlette/FastAPI raise themselves (routing, body limits) -> our error code.
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
-def image_error_to_api(error: ImageError) -> ApiError:
-    """The API error for a decoder error, keeping its message."""
-    for image_type, api_type in _IMAGE_ERRORS:
-        if isinstance(error, image_type):
-            return api_type(str(error))
+def domain_error_to_api(error: ImageError | pipeline.FaceError) -> ApiError:
+    """The API error for a decoder or pipeline error, with its message."""
+    for domain_type, api_type, template in _DOMAIN_ERRORS:
+        if isinstance(error, domain_type):
+            return api_type(template.format(error))
     return BadImageError(str(error))
 
 
@@ -142,10 +155,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request, exc.status_code, exc.code, exc.message, exc.headers)
 
-    @app.exception_handler(ImageError)
-    async def _image_error(request: Request, exc: ImageError) -> JSONResponse:
-        api = image_error_to_api(exc)
+    async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+        api = domain_error_to_api(exc)  # type: ignore[arg-type]
         return error_response(request, api.status_code, api.code, api.message)
+
+    app.add_exception_handler(ImageError, _domain_error)
+    app.add_exception_handler(pipeline.FaceError, _domain_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,7 +19,7 @@ from app.body_limit import BodyLimitMiddleware, ByteBudget
 from app.engine import Engine, InferenceGate
 from app.errors import ErrorGuardMiddleware, install_error_handlers
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import build_api_router, ops_router
+from app.routes import faces, model_info, operations
 from app.settings import Settings
 from app.web import install_web_page
 from model import fused
@@ -118,8 +118,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.include_router(build_api_router())
-    app.include_router(ops_router)
+    for router in (faces.router, model_info.router, operations.router):
+        app.include_router(router)
     install_web_page(app)
     return app
 

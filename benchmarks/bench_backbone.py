@@ -2,7 +2,7 @@
 
 Measures (fp32, 112x112 input):
 - inference latency at batch 1 and throughput at batch 32 (eval mode, inference_mode), eager and as served
-  (`drface serve` runs a frozen TorchScript trace, app/engine.py's trace_for_inference);
+  (`drface serve` runs a frozen TorchScript trace, model/trace.py `trace_for_inference`);
 - a training step (forward + ArcFace head + cross-entropy + backward + SGD step) at --train-batch;
 - peak memory of one training step at --memory-batch (128): on CPU the growth of the peak resident set
   (VmHWM, reset just before the step) over the resident set just before the step, each variant in its
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.engine import TracedNetwork, trace_for_inference  # noqa: E402
 from model.heads import MarginHead  # noqa: E402
 from model.mobilefacenet import INPUT_SIZE, BackboneConfig, MobileFaceNet  # noqa: E402
+from model.trace import TracedNetwork, trace_for_inference  # noqa: E402
 
 StepMaker = Callable[[MobileFaceNet], Callable[[], object]]
 """Builds, for one model, the step a measurement times."""

@@ -1,14 +1,12 @@
-"""5-point alignment onto the ArcFace 112x112 template, the centre-crop fallback, the network tensor."""
+"""5-point alignment onto the ArcFace 112x112 template, and the centre-crop fallback."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import cv2
 import numpy as np
-import torch
 
 FACE_SIZE = 112
+"""Side of an aligned face crop in pixels: the template's, and the network's input (`INPUT_SIZE`)."""
 
 # The standard ArcFace template for 112x112 crops, (x, y) pixels of: left eye, right eye (as seen in the
 # image), nose tip, left mouth corner, right mouth corner. Source: insightface,
@@ -85,17 +83,3 @@ def align_center_crop(image_bgr: np.ndarray, fraction: float = CENTER_CROP_FRACT
     crop = image_bgr[top : top + side, left : left + side]
     interpolation = cv2.INTER_AREA if side > FACE_SIZE else cv2.INTER_LINEAR
     return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=interpolation)
-
-
-def faces_to_tensor(faces: Sequence[np.ndarray]) -> torch.Tensor:
-    """List of (112, 112, 3) uint8 BGR faces -> (B, 3, 112, 112) float32 RGB tensor scaled to [-1, 1]."""
-    if len(faces) == 0:
-        return torch.empty((0, 3, FACE_SIZE, FACE_SIZE), dtype=torch.float32)
-    for face in faces:
-        if face.shape != (FACE_SIZE, FACE_SIZE, 3) or face.dtype != np.uint8:
-            raise ValueError(
-                f"expected ({FACE_SIZE}, {FACE_SIZE}, 3) uint8 faces, got {face.shape} {face.dtype}"
-            )
-    batch = np.stack(faces)[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
-    batch = (batch - 127.5) / 127.5
-    return torch.from_numpy(np.ascontiguousarray(batch))

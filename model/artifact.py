@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
@@ -148,24 +149,38 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(target: Path, write: Callable[[Path], object]) -> None:
-    """Call write(temp_path) for a temp file beside `target`, fsync it, os.replace it onto target.
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """`np.save` to exactly `path` (np.save itself appends `.npy` to a name without it), no pickles."""
+    with Path(path).open("wb") as f:
+        np.save(f, array, allow_pickle=False)
 
-    Readers see the old file or the complete new one, never a partial write (also for training checkpoints).
+
+def write_atomic(
+    target: Path, write: Callable[[Path], object], *, durable: bool = True, temp_suffix: str = ".tmp"
+) -> None:
+    """Call write(temp_path) for a temp file beside `target`, then os.replace it onto target.
+
+    Readers see the old file or the complete new one, never a partial write. The one way this project writes
+    a file others read (artifacts, checkpoints, caches, prepared faces). `durable` fsyncs the file and its
+    folder (off for outputs that are cheap to redo, such as `drface prepare`'s many small images); the temp
+    file is named `.<name>.<random><temp_suffix>`, so a run can find what an interrupted one left.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=temp_suffix, dir=target.parent)
     os.close(fd)
     temp_path = Path(temp)
     try:
         write(temp_path)
         temp_path.chmod(0o644)  # mkstemp makes 0600; artifacts are meant to be read by the service user
-        with temp_path.open("rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with temp_path.open("rb+") as f:
+                os.fsync(f.fileno())
         os.replace(temp_path, target)
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     if hasattr(os, "O_DIRECTORY"):
         dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:

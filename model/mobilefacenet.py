@@ -28,12 +28,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from model.align import FACE_SIZE
 from model.drconv import DRConv2d
 
 StageName = Literal["stage1", "stage2", "stage3", "stage4", "stage5"]
 PointwiseName = Literal["expand", "project"]
 
-INPUT_SIZE = 112
+INPUT_SIZE = FACE_SIZE
 """Side of the aligned face crop the network expects (pixels); the 7x7 GDC head depends on it."""
 
 

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from app.region_png import color_regions, overlay_regions
-from model.align import ARCFACE_TEMPLATE_112, faces_to_tensor
+from model.align import ARCFACE_TEMPLATE_112
 from model.artifact import DEFAULT_WEIGHTS, load_artifact
 from model.detect import FaceDetector
-from training.evaluate import EvalSettings, default_cfp_root, load_face
+from model.pipeline import faces_to_tensor
+from training.photos import EvalSettings, load_face
+from training.protocols import default_cfp_root
 
 CAPTION_PX = 18
 

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from torch import nn
 
 from model.artifact import write_atomic
-from training.evaluate import cosine_scores, embed_aligned_faces
+from model.decode import ImageError
+from model.pipeline import CROP_LIMITS, FaceError, read_aligned_crop
 from training.metrics import verification_report
+from training.photos import embed_aligned_faces
+from training.scoring import cosine_scores
 
-FACE_SIZE = 112
 BIN_FOLDS = 10
 
 # Opcodes that only build bytes, lists, tuples and booleans, or manage the memo, frames and protocol.
@@ -123,12 +124,10 @@ class BinSet:
 
 
 def _decode(encoded: bytes, index: int, source: str) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise BinSetError(f"{source}: image {index} cannot be decoded")
-    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
-        image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
-    return image
+    try:
+        return read_aligned_crop(encoded, CROP_LIMITS)
+    except (ImageError, FaceError) as exc:
+        raise BinSetError(f"{source}: image {index} cannot be decoded: {exc}") from None
 
 
 def load_bin(path: Path) -> BinSet:

@@ -19,17 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.align import FACE_SIZE
+from model.artifact import save_npy, write_atomic
+from model.decode import ImageError, read_header
+from model.pipeline import CROP_LIMITS, FaceError, faces_to_tensor, read_aligned_crop
 from training.config import AugmentConfig, DataConfig
 from training.recordio import RecordFile, RecordIOError, scan_record_dataset
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 112
 FACE_BYTES = FACE_SIZE * FACE_SIZE * 3  # one decoded face, uint8
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RECORD_SUFFIX = ".rec"
@@ -112,29 +114,33 @@ def looks_aligned(files: Sequence[Path], samples: int = 8) -> bool:
     """True when a spread sample of the images are all 112x112 (the output of `drface prepare`)."""
     step = max(1, len(files) // samples)
     for path in files[::step][:samples]:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None or image.shape[:2] != (FACE_SIZE, FACE_SIZE):
+        try:
+            header = read_header(path.read_bytes())
+        except (OSError, ImageError):
+            return False
+        if (header.height, header.width) != (FACE_SIZE, FACE_SIZE):
             return False
     return True
 
 
 def read_face(ref: FaceRef) -> np.ndarray:
-    """Decode one face -> (112, 112, 3) uint8 BGR (resized with INTER_AREA when not 112x112)."""
+    """Decode one aligned face -> (112, 112, 3) uint8 BGR. A crop of another size is an error, not resized."""
     if isinstance(ref, RecordRef):
+        where = f"{ref.file.path} record {ref.key}"
         try:
-            encoded = np.frombuffer(ref.file.read(ref.key).image, np.uint8)
+            data = ref.file.read(ref.key).image
         except RecordIOError as exc:
             raise DatasetError(str(exc)) from None
-        image = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
-        where = f"{ref.file.path} record {ref.key}"
     else:
-        image = cv2.imread(str(ref), cv2.IMREAD_COLOR)
         where = str(ref)
-    if image is None:
-        raise DatasetError(f"cannot decode image {where}")
-    if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
-        image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
-    return image
+        try:
+            data = ref.read_bytes()
+        except OSError as exc:
+            raise DatasetError(f"cannot read image {where}: {exc}") from None
+    try:
+        return read_aligned_crop(data, CROP_LIMITS)
+    except (ImageError, FaceError) as exc:
+        raise DatasetError(f"cannot use image {where}: {exc}") from None
 
 
 def _ref_key(ref: FaceRef) -> str:
@@ -162,10 +168,7 @@ def decode_faces(files: Sequence[FaceRef], cache_dir: Path | None = None) -> np.
     for i, ref in enumerate(files):
         faces[i] = read_face(ref)
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp.npy")
-        np.save(tmp, faces, allow_pickle=False)
-        tmp.replace(cache_path)
+        write_atomic(cache_path, lambda temp: save_npy(temp, faces))
     return faces
 
 
@@ -412,11 +415,6 @@ def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step + 7)
 
 
-def to_model_input(faces_bgr: torch.Tensor) -> torch.Tensor:
-    """(B, 112, 112, 3) uint8 BGR -> (B, 3, 112, 112) float32 RGB in [-1, 1], as `faces_to_tensor` does."""
-    return faces_bgr.flip(-1).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
 AUGMENT_DRAWS = (
     7  # uniform numbers per sample: zoom, shift x, shift y, flip, brightness, contrast, saturation
 )
@@ -551,6 +549,6 @@ class BatchSource(BatchPlan):
         identity) and teacher embeddings (b, Dt) or None, of global batch `step`."""
         index, draws = self.rows(epoch, step)
         index, draws = index.to(self.device), draws.to(self.device)
-        images = augment(to_model_input(self.faces[index]), self.augment_config, draws)
+        images = augment(faces_to_tensor(self.faces[index]), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else None
         return images, self.labels[index], teacher

@@ -1,9 +1,10 @@
 """`drface prepare SRC DST`: folder-per-identity raw photos -> aligned 112x112 faces with the same layout.
 
-Every photo goes through the service's own pipeline (`model.decode` -> `model.detect` -> `model.align`); the
-largest face of each photo is kept. Runs in parallel worker processes with a progress bar, is resumable (an
-output that exists is not redone; outputs are written to a temporary name and renamed, so an interrupted run
-never leaves half a file) and writes a JSON report of every skipped photo and why.
+Every photo goes through the service's own face pipeline (`model.pipeline`: decode, detect, align); the
+largest face of each photo is kept, a photo without a face is skipped and reported. Runs in parallel worker
+processes with a progress bar, is resumable (an output that exists is not redone; outputs are written to a
+temporary name and renamed, so an interrupted run never leaves half a file) and writes a JSON report of every
+skipped photo and why.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ import cv2
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from model.align import align_face
+from model.artifact import write_atomic
 from model.decode import (
     ImageDecodeError,
     ImageError,
     ImageTooLargeError,
     UnsupportedImageError,
-    decode_image,
 )
 from model.detect import DetectorConfig, FaceDetector
+from model.pipeline import ImageLimits, read_faces
 
 REPORT_NAME = "prepare_report.json"
 _PARTIAL_SUFFIX = ".partial"
@@ -144,7 +145,8 @@ def write_report(dst: Path, outcomes: list[Outcome]) -> Path:
         "skipped": [asdict(o) for o in outcomes if o.status == "skipped" and o.reason != "already_done"],
     }
     path = dst / REPORT_NAME
-    _write_atomic(path, json.dumps(report, indent=2).encode())
+    payload = json.dumps(report, indent=2).encode()
+    write_atomic(path, lambda temp: temp.write_bytes(payload), temp_suffix=_PARTIAL_SUFFIX)
     return path
 
 
@@ -187,29 +189,25 @@ def _process(job: tuple[Path, Path]) -> Outcome:
     assert _worker is not None, "_init_worker was not called in this process"
     config, detector = _worker.config, _worker.detector
     relative = str(source.relative_to(config.src))
+    limits = ImageLimits(config.max_bytes, config.max_pixels)
     try:
-        image = decode_image(source.read_bytes(), config.max_bytes, config.max_pixels)
+        faces = read_faces(source.read_bytes(), detector, limits, no_face="empty")
     except ImageError as error:
         return Outcome(relative, "skipped", _REASONS.get(type(error), "image_error"), str(error))
     except OSError as error:
         return Outcome(relative, "skipped", "read_error", str(error))
-    faces = detector.detect(image)
     if not faces:
         return Outcome(relative, "skipped", "no_face", f"no face scored >= {config.detector.score_threshold}")
-    aligned = align_face(image, faces[0].landmarks)  # "the" face: the largest
+    aligned = faces[0].aligned  # "the" face: the largest
     params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality] if config.image_format == "jpg" else []
     ok, encoded = cv2.imencode(f".{config.image_format}", aligned, params)
     if not ok:
         return Outcome(relative, "skipped", "encode_error", f"could not encode {config.image_format}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output, encoded.tobytes())
+    # Not fsynced: a lost output is redone by the next run, and one fsync per small image costs more than it.
+    write_atomic(
+        output, lambda temp: temp.write_bytes(encoded.tobytes()), durable=False, temp_suffix=_PARTIAL_SUFFIX
+    )
     return Outcome(relative, "written", faces=len(faces))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 def _remove_partials(dst: Path) -> None:

@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from training.config import REPO_ROOT
 
 CFP_SPLITS: dict[str, str] = {"cfp_ff": "FF", "cfp_fp": "FP"}
 _CFP_ALIASES = {folder: name for name, folder in CFP_SPLITS.items()}
@@ -28,6 +31,18 @@ _CSV_FALSE = {"0", "false", "diff", "different", "no"}
 
 class ProtocolError(ValueError):
     """A protocol file is missing, malformed (the message names file and line) or points at missing images."""
+
+
+DATA_ROOT_ENV = "DRFACE_DATA_ROOT"
+
+
+def default_cfp_root() -> Path | None:
+    """$DRFACE_DATA_ROOT/cfp, else ../shared/data/cfp next to the repository, when it exists."""
+    candidates = []
+    if os.environ.get(DATA_ROOT_ENV):
+        candidates.append(Path(os.environ[DATA_ROOT_ENV]) / "cfp")
+    candidates.append(REPO_ROOT.parent / "shared" / "data" / "cfp")
+    return next((path for path in candidates if path.is_dir()), None)
 
 
 @dataclass(frozen=True)

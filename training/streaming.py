@@ -29,14 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from model.pipeline import faces_to_tensor
 from training.config import AugmentConfig
-from training.data import (
-    BatchPlan,
-    FaceRef,
-    augment,
-    read_face,
-    to_model_input,
-)
+from training.data import BatchPlan, FaceRef, augment, read_face
 
 PREFETCH_BATCHES = 2  # per worker
 
@@ -93,7 +88,7 @@ class StreamingBatches(BatchPlan, Dataset):
         """(images (b, 3, 112, 112) float [-1, 1], labels (b,), teacher (b, Dt); (0,) if not distilling)."""
         index, draws = self.rows(*position)
         faces = torch.from_numpy(np.stack([read_face(self.refs[i]) for i in index.tolist()]))
-        images = augment(to_model_input(faces), self.augment_config, draws)
+        images = augment(faces_to_tensor(faces), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else torch.empty(0)
         return images, self.labels[index], teacher
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,13 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from training.evaluate import (
-    SERVED_THRESHOLD_KEYS,
-    cosine_scores,
-    default_cfp_root,
-    embed_aligned_faces,
-    evaluate_embeddings,
-)
+from model.align import FACE_SIZE
+from model.artifact import save_npy, write_atomic
+from model.detect import FaceDetector
 from training.metrics import accuracy_at_threshold, best_threshold, far_key, roc_curve
-from training.protocols import load_cfp
+from training.photos import EvalSettings, embed_aligned_faces, load_face
+from training.protocols import default_cfp_root, load_cfp
+from training.scoring import SERVED_THRESHOLD_KEYS, cosine_scores, evaluate_embeddings
 
 
 def threshold_key(far: float) -> str:
@@ -156,13 +155,8 @@ class AlignedCfp:
 
 def align_photos(paths: list[Path], workers: int = 2) -> np.ndarray:
     """Detect + align each photo like `drface eval` does (no face: centre crop) -> (N, 112, 112, 3) uint8."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from model.detect import FaceDetector
-    from training.evaluate import EvalSettings, load_face
-
     detector, settings = FaceDetector(), EvalSettings()
-    faces = np.empty((len(paths), 112, 112, 3), np.uint8)
+    faces = np.empty((len(paths), FACE_SIZE, FACE_SIZE, 3), np.uint8)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         iterator = pool.map(lambda path: load_face(path, detector, settings)[0], paths)
         for i, face in enumerate(tqdm(iterator, total=len(paths), desc="aligning CFP", unit="img")):
@@ -178,8 +172,5 @@ def _cached(cache_dir: Path | None, paths: list[Path], compute: Callable[[], np.
     if path.is_file():
         return np.load(path, allow_pickle=False)
     array = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp.npy")
-    np.save(temp, array, allow_pickle=False)
-    temp.replace(path)
+    write_atomic(path, lambda temp: save_npy(temp, array))
     return array

@@ -55,9 +55,9 @@ def test_embed_returns_a_unit_embedding_with_box_and_landmarks_inside_the_face(c
 
 
 def test_traced_network_gives_the_eager_networks_embeddings(client, face_a_bgr) -> None:
-    from app.engine import TracedNetwork
-    from model.align import faces_to_tensor
     from model.embed import embed_faces
+    from model.pipeline import faces_to_tensor
+    from model.trace import TracedNetwork
 
     engine = client.app.state.engine
     assert isinstance(engine.network, TracedNetwork)  # tracing works for the shipped architecture

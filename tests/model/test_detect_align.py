@@ -15,9 +15,9 @@ from model.align import (
     align_center_crop,
     align_face,
     estimate_similarity,
-    faces_to_tensor,
 )
 from model.detect import DetectorConfig, FaceDetector
+from model.pipeline import faces_to_tensor
 
 # A handful of identities spread over CFP; frontal 01 and profile 01 of each.
 CFP_SAMPLES = ("001", "057", "123", "250", "388", "499")

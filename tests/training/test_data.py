@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.align import faces_to_tensor
+from model.pipeline import faces_to_tensor
 from training.config import AugmentConfig
 from training.data import (
     AUGMENT_DRAWS,
@@ -18,7 +18,6 @@ from training.data import (
     build_pairs,
     epoch_permutation,
     split_identities,
-    to_model_input,
 )
 
 OFF = AugmentConfig(flip=False, brightness=0, contrast=0, saturation=0, scale=0, translate=0)
@@ -47,7 +46,9 @@ def test_pairs_are_balanced_and_labelled_by_identity():
 
 def test_model_input_matches_the_service_preprocessing():
     faces = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
-    torch.testing.assert_close(to_model_input(torch.from_numpy(faces)), faces_to_tensor(list(faces)))
+    expected = torch.from_numpy((faces[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5)
+    torch.testing.assert_close(faces_to_tensor(torch.from_numpy(faces)), faces_to_tensor(list(faces)))
+    torch.testing.assert_close(faces_to_tensor(torch.from_numpy(faces)), expected)
 
 
 def test_each_epoch_is_a_permutation_fixed_by_seed_and_epoch():
@@ -77,7 +78,7 @@ def test_ranks_split_the_same_global_batch():
 
 
 def test_augmentation_off_is_identity_and_flip_mirrors():
-    batch = to_model_input(
+    batch = faces_to_tensor(
         torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), np.uint8))
     )
     draws = torch.full((2, AUGMENT_DRAWS), 0.5)

@@ -14,16 +14,10 @@ from app.cli import main
 from model.artifact import ModelCard, save_artifact
 from model.detect import FaceDetector
 from model.mobilefacenet import build_backbone
-from training.evaluate import (
-    EvalSettings,
-    ScoredProtocol,
-    embed_aligned_faces,
-    embed_images,
-    evaluate_embeddings,
-    evaluate_protocol,
-    format_report,
-)
+from training.evaluate import format_report
+from training.photos import EvalSettings, embed_aligned_faces, embed_images
 from training.protocols import Protocol, load_cfp
+from training.scoring import ScoredProtocol, evaluate_embeddings, score_protocols, union_images
 
 SERVED_THRESHOLD = 0.5
 REPORT_KEYS = {
@@ -152,18 +146,16 @@ def test_evaluate_embeddings_scores_identity_embeddings_perfectly():
 
 @pytest.mark.data
 def test_cfp_splits_are_embedded_from_one_union_of_7000_images(cfp_root: Path):
-    from training.evaluate import _union_images
-
-    images, maps = _union_images(list(load_cfp(cfp_root).values()))
+    images, maps = union_images(list(load_cfp(cfp_root).values()))
     assert len(images) == 7000
     np.testing.assert_array_equal(maps[0], maps[1])
 
 
 @pytest.mark.data
-def test_evaluate_protocol_api_matches_training_callers(small_model: torch.nn.Module, cfp_root: Path):
+def test_score_protocols_api_reports_each_protocol(small_model: torch.nn.Module, cfp_root: Path):
     protocol = load_cfp(cfp_root, ["FP"])["cfp_fp"].subset(folds=2, max_pairs=4)
-    settings = EvalSettings(progress=False, workers=1)
-    report = evaluate_protocol(small_model, protocol, settings=settings, batch_size=3, device="cpu")
+    settings = EvalSettings(progress=False, workers=1, batch_size=3)
+    report = score_protocols(small_model, [protocol], settings=settings)[protocol.name].report()
     assert report["pairs"] == 4
     assert set(report) >= REPORT_KEYS - {"accuracy_at_served_threshold"}
 

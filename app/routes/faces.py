@@ -1,0 +1,141 @@
+"""`/v1/embed`, `/v1/verify`, `/v1/region-map`: photos in, embeddings, similarity or region maps out.
+
+Each route parses its body (`app.inputs`), runs one engine job on the inference threads (`run_job`) and
+shapes the answer; pipeline errors become HTTP errors in `app/errors.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from app.dependencies import ReadyEngine, SettingsDep, require_api_key
+from app.engine import EmbeddedFace, LayerMask
+from app.inputs import read_request
+from app.region_png import render_region_png
+from app.routes.convert import face_out, layer_out, model_label
+from app.routes.openapi import IMAGE_ERRORS, photo_request_body
+from app.schemas import (
+    EmbedOptions,
+    EmbedRequest,
+    EmbedResponse,
+    RegionMapOptions,
+    RegionMapRequest,
+    RegionMapResponse,
+    VerifyOptions,
+    VerifyRequest,
+    VerifyResponse,
+)
+from app.thresholds import resolve_threshold
+from model.pipeline import AlignedFace
+
+T = TypeVar("T")
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["faces"])
+
+
+async def run_job(
+    request: Request, endpoint: str, function: Callable[..., T], *args: object
+) -> tuple[T, float]:
+    """Run `function(*args)` through the inference gate; returns its result and its own time in ms."""
+
+    def timed() -> tuple[T, float]:
+        start = time.perf_counter()
+        result = function(*args)
+        return result, time.perf_counter() - start
+
+    state = request.app.state
+    result, seconds = await state.gate.run(timed)
+    state.metrics.inference.labels(endpoint=endpoint).observe(seconds)
+    return result, round(seconds * 1000, 2)
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    summary="Embed every face of a photo",
+    responses=IMAGE_ERRORS,
+    openapi_extra=photo_request_body(EmbedRequest, EmbedOptions, ("image",)),
+)
+async def embed(request: Request, engine: ReadyEngine, settings: SettingsDep) -> EmbedResponse:
+    """Detect every face (largest box first: `faces[0]` is "the" face), align each to 112x112 and return
+    its embedding. Send `image` as a multipart file or as base64 in JSON."""
+    options, images = await read_request(request, EmbedOptions, ("image",), settings.max_upload_bytes)
+
+    def job() -> list[tuple[EmbeddedFace, list[LayerMask] | None]]:
+        faces = engine.embed_photo(images["image"], options.aligned)
+        return [(face, engine.layer_masks(face.face) if options.region_map else None) for face in faces]
+
+    faces, time_ms = await run_job(request, "embed", job)
+    request.app.state.metrics.faces.inc(0 if options.aligned else len(faces))
+    return EmbedResponse(
+        faces=[face_out(face.face, face.embedding, layers) for face, layers in faces],
+        model=model_label(engine),
+        time_ms=time_ms,
+    )
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyResponse,
+    summary="Are the faces of two photos the same person?",
+    responses=IMAGE_ERRORS,
+    openapi_extra=photo_request_body(VerifyRequest, VerifyOptions, ("image1", "image2")),
+)
+async def verify(request: Request, engine: ReadyEngine, settings: SettingsDep) -> VerifyResponse:
+    """Embed the largest face of `image1` and of `image2` and compare them: `similarity` is their cosine
+    similarity, `verified` is `similarity >= threshold`."""
+    options, images = await read_request(
+        request, VerifyOptions, ("image1", "image2"), settings.max_upload_bytes
+    )
+    (first, second, similarity), time_ms = await run_job(
+        request, "verify", engine.verify_photos, images["image1"], images["image2"], options.aligned
+    )
+    request.app.state.metrics.faces.inc(0 if options.aligned else 2)
+    threshold, operating_point = resolve_threshold(engine.card, options.threshold, settings.threshold)
+    return VerifyResponse(
+        similarity=round(similarity, 6),
+        threshold=threshold,
+        operating_point=operating_point,
+        verified=similarity >= threshold,
+        faces=[face_out(first.face, first.embedding), face_out(second.face, second.embedding)],
+        model=model_label(engine),
+        time_ms=time_ms,
+    )
+
+
+@router.post(
+    "/region-map",
+    response_model=RegionMapResponse,
+    summary="Which DRConv filter serves which part of the face",
+    responses={
+        **IMAGE_ERRORS,
+        200: {
+            "description": "JSON masks, or with `format=png` a PNG picture of them.",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+    openapi_extra=photo_request_body(RegionMapRequest, RegionMapOptions, ("image",)),
+)
+async def region_map(request: Request, engine: ReadyEngine, settings: SettingsDep) -> Any:
+    """For face `face_index` (0 = largest), every DRConv layer's guided mask: each cell of the layer's
+    feature map belongs to one of `regions` regions, and each region has its own filter."""
+    options, images = await read_request(request, RegionMapOptions, ("image",), settings.max_upload_bytes)
+
+    def job() -> tuple[AlignedFace, list[LayerMask], bytes | None]:
+        face, layers = engine.region_map(images["image"], options.aligned, options.face_index)
+        picture = render_region_png(face.aligned, layers) if options.format == "png" else None
+        return face, layers, picture
+
+    (face, layers, picture), time_ms = await run_job(request, "region_map", job)
+    if picture is not None:
+        return Response(content=picture, media_type="image/png")
+    return RegionMapResponse(
+        face=face_out(face),
+        layers=[layer_out(layer) for layer in layers],
+        model=model_label(engine),
+        time_ms=time_ms,
+    )
