@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model import pipeline
 from model.decode import ImageError, ImageTooLargeError, UnsupportedImageError
+from model.validation import error_lines
 
 logger = logging.getLogger("drface.app")
 
@@ -139,13 +140,7 @@ def error_response(
 
 
 def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        location = ".".join(str(item) for item in err.get("loc", ()) if item != "body")
-        parts.append(
-            f"{location}: {err.get('msg', 'invalid')}" if location else str(err.get("msg", "invalid"))
-        )
-    return "; ".join(parts) or "invalid request"
+    return "; ".join(error_lines(exc.errors()[:5], drop=("body",))) or "invalid request"
 
 
 def install_error_handlers(app: FastAPI) -> None:

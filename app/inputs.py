@@ -21,6 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from app.errors import InvalidRequestError, TooLargeError, UnsupportedMediaTypeError
+from model.validation import error_lines
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
@@ -157,10 +158,7 @@ def _validate(options_type: type[OptionsT], values: dict[str, Any], strict: bool
     try:
         return options_type.model_validate(values, strict=strict)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        raise InvalidRequestError(details) from exc
+        raise InvalidRequestError("; ".join(error_lines(exc.errors()[:5], empty_location="body"))) from exc
 
 
 def _decode_base64(name: str, value: object, max_image_bytes: int) -> bytes:
