@@ -289,6 +289,10 @@ _POINTWISE_PARAM_NAMES = (
 )
 
 
+REGION_NUM = 8
+"""The paper's region number m; the default of `DRConv2d` and of `BackboneConfig.region_num`."""
+
+
 class DRConv2d(nn.Module):
     """Dynamic region-aware convolution; a drop-in for ``nn.Conv2d`` (groups=1).
 
@@ -313,7 +317,7 @@ class DRConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: IntOrPair,
-        region_num: int = 8,
+        region_num: int = REGION_NUM,
         stride: IntOrPair = 1,
         padding: IntOrPair | None = None,
         dilation: IntOrPair = 1,

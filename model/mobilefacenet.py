@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from model.align import FACE_SIZE
-from model.drconv import DRConv2d
+from model.drconv import REGION_NUM, DRConv2d
 
 StageName = Literal["stage1", "stage2", "stage3", "stage4", "stage5"]
 PointwiseName = Literal["expand", "project"]
@@ -48,7 +48,9 @@ class BackboneConfig(BaseModel):
         description="Use DRConv2d in the places chosen by `drconv_stages` x `drconv_convs`; "
         "False puts plain nn.Conv2d there (same structure, for ablations).",
     )
-    region_num: int = Field(8, ge=2, le=32, description="Regions m per DRConv layer (8 in the paper).")
+    region_num: int = Field(
+        REGION_NUM, ge=2, le=32, description="Regions m per DRConv layer (8 in the paper)."
+    )
     embedding_dim: int = Field(512, ge=8, le=4096, description="Length D of the output embedding.")
     width_multiplier: float = Field(
         1.0,
@@ -341,9 +343,9 @@ class MobileFaceNet(nn.Module):
         ]
 
 
-def build_backbone(drconv: bool = True, region_num: int = 8, **options: object) -> MobileFaceNet:
+def build_backbone(**options: object) -> MobileFaceNet:
     """The one way to make a backbone: keyword options are `BackboneConfig` fields (validated).
 
     `drconv=False` gives the same network with plain 1x1 convs in the DRConv places.
     """
-    return MobileFaceNet(BackboneConfig(drconv=drconv, region_num=region_num, **options))
+    return MobileFaceNet(BackboneConfig(**options))

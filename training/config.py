@@ -14,6 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from model.mobilefacenet import BackboneConfig
+from model.validation import error_lines
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_PACKAGE = "training.recipes"  # the repository's configs/ folder, installed (pyproject.toml)
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -126,17 +129,6 @@ class AugmentConfig(_Section):
     )
     translate: float = Field(
         0.03, ge=0, le=0.2, description="Shift drawn from [-t, t] times the image size, per axis."
-    )
-
-
-class ModelConfig(_Section):
-    """Backbone passed to `model.mobilefacenet.build_backbone`."""
-
-    drconv: bool = Field(True, description="DRConv-MobileFaceNet (True) or the plain MobileFaceNet (False).")
-    region_num: int = Field(8, ge=2, le=32, description="DRConv region number m (ignored when drconv=False).")
-    options: dict[str, Any] = Field(
-        default_factory=dict,
-        description="More `BackboneConfig` fields (embedding_dim, width_multiplier, ...), validated there.",
     )
 
 
@@ -323,7 +315,8 @@ class TrainConfig(_Section):
 
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    # The backbone's own config (every architecture option), stored in the model card as it is.
+    model: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -343,6 +336,16 @@ class TrainConfig(_Section):
     out: Path = Field(Path("runs/default"), description="Run folder: artifact, metrics, curves, checkpoints.")
     name: str = Field("drface", description="Artifact file prefix inside the run folder.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_model_options(cls, data: Any) -> Any:
+        """Older recipes kept the backbone fields other than drconv and region_num in `model.options`."""
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and isinstance(model.get("options"), dict):
+            model = {key: value for key, value in model.items() if key != "options"} | model["options"]
+            data = {**data, "model": model}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if not self.data.roots:
@@ -356,14 +359,10 @@ class TrainConfig(_Section):
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
-    lines = [f"invalid training config ({source}):"]
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(root)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+    lines = error_lines(
+        error.errors(), empty_location="(root)", messages={"extra_forbidden": "unknown field"}
+    )
+    return "\n  ".join([f"invalid training config ({source}):", *lines])
 
 
 def _parse_value(text: str) -> Any:

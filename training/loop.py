@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model.mobilefacenet import MobileFaceNet, build_backbone
+from model.mobilefacenet import MobileFaceNet
 from training.binsets import BinSet, evaluate_bin
 from training.checkpoint import (
     BEST_NAME,
@@ -183,9 +183,7 @@ class Trainer:
 
         seed_everything(config.runtime.seed)
         self.memory_format = torch.channels_last if config.runtime.channels_last else torch.contiguous_format
-        self.net: MobileFaceNet = build_backbone(
-            drconv=config.model.drconv, region_num=config.model.region_num, **config.model.options
-        ).to(device, memory_format=self.memory_format)
+        self.net: MobileFaceNet = MobileFaceNet(config.model).to(device, memory_format=self.memory_format)
         self.head = ShardedMarginHead(
             self.net.config.embedding_dim,
             data.num_classes,
