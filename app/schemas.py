@@ -76,7 +76,7 @@ class RegionMapRequest(RegionMapOptions):
 class RegionLayer(BaseModel):
     """Guided mask of one DRConv layer: which of the `regions` filters serves each cell of its feature map."""
 
-    name: str = Field(description="Layer name in the network.", examples=["stage2.block0.expand"])
+    name: str = Field(description="Layer name in the network.", examples=["stage1.0.project"])
     regions: int = Field(description="Region number m of the layer.", examples=[8])
     height: int = Field(
         description="Mask rows h (feature-map height; the face is 112 px high).", examples=[28]

@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             loaded = load_artifact(args.weights, device=args.device)
             model, card = loaded.model, loaded.card
             name = f"{'trained' if card.trained else 'UNTRAINED'}, {card.name}"
-        threshold = served_threshold(card)
+        threshold = served_threshold(card.thresholds if card is not None else None)
         if _protocol_kind(args) == "bin":
             results, curves, images = _evaluate_bins(model, args, settings, threshold)
         else:

@@ -7,21 +7,21 @@ their frontal images) and returns a `ScoredProtocol` per protocol (scores, `repo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model.artifact import DEFAULT_OPERATING_POINT, ModelCard
+from model.artifact import DEFAULT_OPERATING_POINT
 from model.detect import FaceDetector
 from training.metrics import MetricError, RocCurve, roc_curve, verification_report
 from training.photos import EvalSettings, EvaluationError, embed_images
 from training.protocols import Protocol, balanced_folds
 
 # Card threshold reported as "served": the service's default operating point, else (older cards) the
-# k-fold best.
+# k-fold best, as app/thresholds.py falls back.
 SERVED_THRESHOLD_KEYS = (DEFAULT_OPERATING_POINT, "best_accuracy")
 
 
@@ -48,14 +48,9 @@ def evaluate_embeddings(
     return verification_report(cosine_scores(embeddings, pairs), labels, folds, served_threshold)
 
 
-def served_threshold(card: ModelCard | None) -> float | None:
-    """The threshold the service uses for 'same person', from the model card (None when it has none)."""
-    if card is None:
-        return None
-    for key in SERVED_THRESHOLD_KEYS:
-        if key in card.thresholds:
-            return float(card.thresholds[key])
-    return None
+def served_threshold(thresholds: Mapping[str, float] | None) -> float | None:
+    """The threshold the service uses for 'same person' among a card's `thresholds` (None: none there)."""
+    return next((float(thresholds[key]) for key in SERVED_THRESHOLD_KEYS if key in (thresholds or {})), None)
 
 
 def union_images(protocols: Sequence[Protocol]) -> tuple[list[Path], list[np.ndarray]]:

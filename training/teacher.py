@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.align import FACE_SIZE
 from model.artifact import file_sha256, write_atomic
 from training.config import DistillInputConfig
 
@@ -98,7 +99,7 @@ class OnnxTeacher:
                 ) from None
 
     def _probe(self, n: int) -> np.ndarray:
-        return np.full((n, 112, 112, 3), 128, np.uint8)
+        return np.full((n, FACE_SIZE, FACE_SIZE, 3), 128, np.uint8)
 
     def preprocess(self, faces_bgr: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) uint8 BGR -> the teacher's input (N, 3, S, S) or (N, S, S, 3) float32."""

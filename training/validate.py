@@ -22,7 +22,7 @@ from model.detect import FaceDetector
 from training.metrics import accuracy_at_threshold, best_threshold, far_key, roc_curve
 from training.photos import EvalSettings, embed_aligned_faces, load_face
 from training.protocols import default_cfp_root, load_cfp
-from training.scoring import SERVED_THRESHOLD_KEYS, cosine_scores, evaluate_embeddings
+from training.scoring import cosine_scores, evaluate_embeddings, served_threshold
 
 
 def threshold_key(far: float) -> str:
@@ -137,7 +137,7 @@ class AlignedCfp:
         embedded = embed_aligned_faces(model, faces[needed], batch_size=self.batch_size)
         embeddings = np.zeros((len(faces), embedded.shape[1]), np.float32)
         embeddings[needed] = embedded
-        served = next((thresholds[k] for k in SERVED_THRESHOLD_KEYS if k in thresholds), None)
+        served = served_threshold(thresholds)
         reports = {}
         for name, protocol in self.protocols.items():
             keep = kept[name]
