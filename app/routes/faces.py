@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
 
 from app.dependencies import ReadyEngine, SettingsDep, require_api_key
 from app.engine import EmbeddedFace, LayerMask
@@ -33,6 +34,7 @@ from app.thresholds import resolve_threshold
 from model.pipeline import AlignedFace
 
 T = TypeVar("T")
+RouteFunction = TypeVar("RouteFunction", bound=Callable[..., Any])
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["faces"])
 
@@ -53,13 +55,26 @@ async def run_job(
     return result, round(seconds * 1000, 2)
 
 
-@router.post(
-    "/embed",
-    response_model=EmbedResponse,
-    summary="Embed every face of a photo",
-    responses=IMAGE_ERRORS,
-    openapi_extra=photo_request_body(EmbedRequest, EmbedOptions, ("image",)),
-)
+def photo_route(
+    path: str,
+    summary: str,
+    response_model: type[BaseModel],
+    body: type[BaseModel],
+    options: type[BaseModel],
+    files: tuple[str, ...],
+    responses: dict[int | str, dict[str, Any]] = IMAGE_ERRORS,
+) -> Callable[[RouteFunction], RouteFunction]:
+    """Register a POST route that takes photos: `body` (JSON, base64) or multipart `files` + `options`."""
+    return router.post(
+        path,
+        response_model=response_model,
+        summary=summary,
+        responses=responses,
+        openapi_extra=photo_request_body(body, options, files),
+    )
+
+
+@photo_route("/embed", "Embed every face of a photo", EmbedResponse, EmbedRequest, EmbedOptions, ("image",))
 async def embed(request: Request, engine: ReadyEngine, settings: SettingsDep) -> EmbedResponse:
     """Detect every face (largest box first: `faces[0]` is "the" face), align each to 112x112 and return
     its embedding. Send `image` as a multipart file or as base64 in JSON."""
@@ -78,12 +93,13 @@ async def embed(request: Request, engine: ReadyEngine, settings: SettingsDep) ->
     )
 
 
-@router.post(
+@photo_route(
     "/verify",
-    response_model=VerifyResponse,
-    summary="Are the faces of two photos the same person?",
-    responses=IMAGE_ERRORS,
-    openapi_extra=photo_request_body(VerifyRequest, VerifyOptions, ("image1", "image2")),
+    "Are the faces of two photos the same person?",
+    VerifyResponse,
+    VerifyRequest,
+    VerifyOptions,
+    ("image1", "image2"),
 )
 async def verify(request: Request, engine: ReadyEngine, settings: SettingsDep) -> VerifyResponse:
     """Embed the largest face of `image1` and of `image2` and compare them: `similarity` is their cosine
@@ -107,10 +123,13 @@ async def verify(request: Request, engine: ReadyEngine, settings: SettingsDep) -
     )
 
 
-@router.post(
+@photo_route(
     "/region-map",
-    response_model=RegionMapResponse,
-    summary="Which DRConv filter serves which part of the face",
+    "Which DRConv filter serves which part of the face",
+    RegionMapResponse,
+    RegionMapRequest,
+    RegionMapOptions,
+    ("image",),
     responses={
         **IMAGE_ERRORS,
         200: {
@@ -118,7 +137,6 @@ async def verify(request: Request, engine: ReadyEngine, settings: SettingsDep) -
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
         },
     },
-    openapi_extra=photo_request_body(RegionMapRequest, RegionMapOptions, ("image",)),
 )
 async def region_map(request: Request, engine: ReadyEngine, settings: SettingsDep) -> Any:
     """For face `face_index` (0 = largest), every DRConv layer's guided mask: each cell of the layer's

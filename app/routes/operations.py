@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from fastapi import APIRouter, Request, Response
 
-from app.dependencies import require_engine
+from app.dependencies import ReadyEngine
 from app.engine import Engine
 from app.errors import NotReadyError
 from app.routes.convert import model_label
@@ -13,14 +16,20 @@ from app.schemas import HealthStatus
 
 router = APIRouter(tags=["operations"])
 
+RouteFunction = TypeVar("RouteFunction", bound=Callable[..., Any])
 
-@router.get(
-    "/healthz",
-    response_model=HealthStatus,
-    summary="Process is up",
-    responses=error_responses(503),
-)
-@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
+
+def probe(path: str, summary: str, **documentation: Any) -> Callable[[RouteFunction], RouteFunction]:
+    """Register a route for GET (documented) and HEAD (load balancers probe with it, left out of /docs)."""
+
+    def register(function: RouteFunction) -> RouteFunction:
+        router.head(path, include_in_schema=False)(function)
+        return router.get(path, summary=summary, **documentation)(function)
+
+    return register
+
+
+@probe("/healthz", "Process is up", response_model=HealthStatus, responses=error_responses(503))
 async def healthz(request: Request) -> HealthStatus:
     """200 while the process serves requests (also during model loading); 503 if the model failed to load."""
     load_error: str | None = request.app.state.load_error
@@ -30,26 +39,18 @@ async def healthz(request: Request) -> HealthStatus:
     return HealthStatus(status="ok", model=None if engine is None else model_label(engine))
 
 
-@router.get(
-    "/readyz",
-    response_model=HealthStatus,
-    summary="Model loaded and warmed up",
-    responses=error_responses(503),
-)
-@router.head("/readyz", include_in_schema=False)  # load balancers probe with HEAD
-async def readyz(request: Request) -> HealthStatus:
+@probe("/readyz", "Model loaded and warmed up", response_model=HealthStatus, responses=error_responses(503))
+async def readyz(engine: ReadyEngine) -> HealthStatus:
     """200 once the model is loaded and a warm-up inference has run; 503 `not_ready` before."""
-    engine = require_engine(request)
     return HealthStatus(status="ready", model=model_label(engine))
 
 
-@router.get(
+@probe(
     "/metrics",
-    summary="Prometheus metrics",
+    "Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
-@router.head("/metrics", include_in_schema=False)  # load balancers probe with HEAD
 async def metrics(request: Request) -> Response:
     """Request counts and latency by route and status, pipeline time, faces detected, errors by code."""
     collectors = request.app.state.metrics
