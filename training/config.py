@@ -61,8 +61,9 @@ class DataConfig(_Section):
     )
     prepared: Literal["auto", "aligned", "raw"] = Field(
         "auto",
-        description="'aligned': images are already 112x112 aligned faces; 'raw': run the prepare step "
-        "(detect + 5-point align) into `cache_dir` first; 'auto': aligned if every sampled image is 112x112.",
+        description="'aligned': images of `roots` are already 112x112 aligned faces; 'raw': run the prepare "
+        "step (detect + 5-point align) into `cache_dir` first; 'auto': aligned if every sampled image is "
+        "112x112. Unlabelled folders are always 'auto'.",
     )
     cache_dir: Path | None = Field(
         None,

@@ -188,8 +188,12 @@ def scan_flat(folder: Path) -> list[Path]:
 
 
 def resolve_aligned_root(root: Path, config: DataConfig, cache_dir: Path, flat: bool = False) -> Path:
-    """The aligned version of `root`: itself, or its prepared copy under `cache_dir/aligned/<name>`."""
-    mode = config.prepared
+    """The aligned version of `root`: itself, or its prepared copy under `cache_dir/aligned/<name>`.
+
+    `config.prepared` declares the `roots`; a `flat` (unlabelled) folder may hold either, so it is always
+    looked at ("auto").
+    """
+    mode = "auto" if flat else config.prepared
     if is_record_file(root):
         return Path(root)  # a .rec holds aligned faces
     if mode == "auto":
