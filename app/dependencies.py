@@ -1,7 +1,8 @@
 """What routes depend on, as FastAPI dependencies: the settings, the API key check and the ready engine.
 
 Everything comes from `app.state` (built by `create_app` and its lifespan), so a route is a plain
-module-level function that can be imported and tested alone.
+module-level function that can be imported and tested alone. The dependencies are `async def` although they
+never wait: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per dependency per request.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings (`create_app(settings)`)."""
     return request.app.state.settings
 
@@ -29,7 +30,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, settings: SettingsDep, api_key: str | None = Depends(_api_key_header)
 ) -> None:
     """401 unless the server has no keys or the one `X-API-Key` header equals one of them (constant time)."""
@@ -49,7 +50,7 @@ def require_api_key(
         raise UnauthorizedError(message, headers={"WWW-Authenticate": "ApiKey"})
 
 
-def require_engine(request: Request) -> Engine:
+async def require_engine(request: Request) -> Engine:
     """The loaded engine; 503 not_ready while the model is still loading or warming up."""
     engine: Engine | None = request.app.state.engine
     if engine is None:
