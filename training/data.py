@@ -540,10 +540,14 @@ class BatchSource(BatchPlan):
         device: torch.device | None = None,
     ) -> None:
         super().__init__(labels, batch_size, seed, augment_config, rank, world_size, teacher)
-        # On a GPU the whole set lives there (23k faces are 0.9 GB): gather and augmentation run on the
-        # device, so the CPU never feeds the model image by image.
+        # Augmentation runs on `device`. On a GPU the set lives there too when it needs at most a quarter of
+        # the free memory (23k faces are 0.9 GB), so the CPU never feeds the model image by image; a larger
+        # set stays in RAM and each batch is gathered there and copied over.
         self.device = device or torch.device("cpu")
-        self.faces = torch.from_numpy(faces).to(self.device)
+        store = torch.device("cpu")
+        if self.device.type == "cuda" and faces.nbytes <= torch.cuda.mem_get_info(self.device)[0] // 4:
+            store = self.device
+        self.faces = torch.from_numpy(faces).to(store)
         self.labels = self.labels.to(self.device)
         if self.teacher is not None:
             self.teacher = self.teacher.to(self.device)
@@ -552,7 +556,8 @@ class BatchSource(BatchPlan):
         """This rank's images (b, 3, 112, 112) float [-1, 1], labels (b,) int64 (UNLABELLED for faces without
         identity) and teacher embeddings (b, Dt) or None, of global batch `step`."""
         index, draws = self.rows(epoch, step)
+        faces = self.faces[index.to(self.faces.device)].to(self.device, non_blocking=True)
         index, draws = index.to(self.device), draws.to(self.device)
-        images = augment(faces_to_tensor(self.faces[index]), self.augment_config, draws)
+        images = augment(faces_to_tensor(faces), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else None
         return images, self.labels[index], teacher

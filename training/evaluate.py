@@ -123,7 +123,7 @@ def _load_protocols(args: argparse.Namespace) -> list[Protocol]:
 
 
 def format_report(results: dict[str, dict[str, float | int]]) -> str:
-    """Human-readable table of `evaluate_protocols` results (percentages)."""
+    """Human-readable table of the protocols' reports (`ScoredProtocol.report`, percentages)."""
     has_served = any("accuracy_at_served_threshold" in r for r in results.values())
     header = (
         f"{'split':<8} {'pairs':>6} {'accuracy':>16} {'AUC':>7} {'EER':>7} {'TAR@1e-3':>9} {'TAR@1e-2':>9}"
