@@ -14,6 +14,7 @@ plus synthetic ones): embedding cosine >= 0.9999 per face and region maps equal 
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,14 @@ from torch import nn
 from model.align import FACE_SIZE, faces_to_tensor
 from model.artifact import DEFAULT_OPERATING_POINT, LoadedModel, ModelCard, write_atomic
 from model.mobilefacenet import INPUT_SIZE, MobileFaceNet
-from model.onnx_backend import CARD_KEY, EMBEDDING_OUTPUT, INPUT_NAME, OnnxNetwork, region_map_output
+from model.onnx_backend import (
+    CARD_KEY,
+    EMBEDDING_OUTPUT,
+    INPUT_NAME,
+    OnnxModelError,
+    OnnxNetwork,
+    region_map_output,
+)
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # GatherElements, ArgMax and the ReduceMean / Split forms the exporter writes
@@ -280,3 +288,28 @@ def output_shapes(path: Path) -> dict[str, tuple[int | str, ...]]:
 def describe(path: Path) -> str:
     """'embedding (batch, 512), region_map.stage1.0.project (batch, 28, 28), ...' for the CLI."""
     return ", ".join(f"{name} {shape}".replace("'", "") for name, shape in output_shapes(path).items())
+
+
+def onnx_network_for(
+    loaded: LoadedModel, path: Path | None = None, threads: int | None = None
+) -> OnnxNetwork:
+    """onnxruntime running `loaded`'s network with its region maps: from `path` (a `drface export
+    --region-maps` file of these weights), or, without one, exported now (checked) into a temporary file.
+
+    Raises OnnxModelError when the file is of another model or lacks region maps.
+    """
+    if path is None:
+        with tempfile.TemporaryDirectory(prefix="drface-onnx-") as folder:
+            path = Path(folder) / "model.onnx"
+            export_onnx(loaded, path, region_maps=True)
+            return OnnxNetwork(path, threads)  # the session holds the graph: the file may go
+    network = OnnxNetwork(path, threads)
+    if network.card.weights_sha256 != loaded.card.weights_sha256 or network.card.name != loaded.card.name:
+        raise OnnxModelError(
+            f"{path} holds {network.card.name} {network.card.version}, not the served weights "
+            f"{loaded.card.name} {loaded.card.version}: export them with drface export --region-maps"
+        )
+    layers = [name for name, _ in loaded.model.drconv_layers()]
+    if network.region_layers != layers:
+        raise OnnxModelError(f"{path} has no region maps (export it with --region-maps)")
+    return network

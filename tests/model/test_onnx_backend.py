@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from model.artifact import load_artifact
 from model.embed import embed_faces
-from model.export import MIN_COSINE, export_onnx, synthetic_inputs
+from model.export import MIN_COSINE, export_onnx, onnx_network_for, synthetic_inputs
 from model.onnx_backend import OnnxModelError, OnnxNetwork
 
 
@@ -71,3 +71,19 @@ def test_a_missing_file_or_a_foreign_onnx_file_is_refused(tmp_path: Path):
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "foreign.onnx"))
     with pytest.raises(OnnxModelError, match="not exported by drface export"):
         OnnxNetwork(tmp_path / "foreign.onnx")
+
+
+def test_onnx_network_for_refuses_a_file_of_other_weights_or_without_maps(
+    tiny_loaded, shipped_onnx, tmp_path
+):
+    with pytest.raises(OnnxModelError, match="not the served weights"):
+        onnx_network_for(tiny_loaded, shipped_onnx)
+    path = tmp_path / "tiny.onnx"
+    export_onnx(tiny_loaded, path)
+    with pytest.raises(OnnxModelError, match="no region maps"):
+        onnx_network_for(tiny_loaded, path)
+
+
+def test_onnx_network_for_exports_when_given_no_file(tiny_loaded):
+    network = onnx_network_for(tiny_loaded, threads=1)
+    assert len(network.region_masks(synthetic_inputs(1))) == 11
