@@ -179,7 +179,10 @@ def check_export(
 
 def _check_standard(path: Path) -> onnx.ModelProto:
     """onnx.checker (full) and the standard-ops rule; returns the loaded model."""
-    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportCheckError(f"onnx.checker refused the exported graph: {exc}") from exc
     proto = onnx.load(str(path))
     custom = sorted({node.domain for node in proto.graph.node} - {"", "ai.onnx"})
     if custom:
