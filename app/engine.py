@@ -70,8 +70,16 @@ class Engine:
         self.detector = detector
         self.settings = settings
         self.limits = ImageLimits(settings.max_upload_bytes, settings.max_pixels)
-        # Embeddings may come from a traced copy; region masks always come from the eager network.
-        self.network: nn.Module = trace_for_inference(self.model) if settings.trace_network else self.model
+        # Embeddings may come from a traced copy; region masks from the eager network (or onnxruntime).
+        self.network: nn.Module = self.model
+        self.mask_network: nn.Module = self.model
+        if settings.backend == "onnxruntime":
+            from model.export import onnx_network_for  # onnx and the exporter only for this backend
+
+            onnx_network = onnx_network_for(loaded, settings.onnx_model, settings.thread_count())
+            self.network = self.mask_network = onnx_network
+        elif settings.trace_network:
+            self.network = trace_for_inference(self.model)
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -101,7 +109,7 @@ class Engine:
     def layer_masks(self, face: AlignedFace) -> list[LayerMask]:
         """Guided mask of every DRConv layer for this face (empty for a network without DRConv)."""
         with torch.inference_mode():
-            masks = self.model.region_masks(faces_to_tensor([face.aligned]))
+            masks = self.mask_network.region_masks(faces_to_tensor([face.aligned]))
         return [LayerMask(m.name, int(m.regions), m.mask[0].numpy()) for m in masks]
 
     # -- what the endpoints run -----------------------------------------------------------------------

@@ -99,6 +99,16 @@ class Settings(BaseSettings):
         description="Run embeddings through a TorchScript trace of the network (batch norm folded), checked "
         "against eager PyTorch at start-up; false = eager PyTorch.",
     )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="What runs the network: `torch` (the TorchScript trace, or eager PyTorch with "
+        "`trace_network=false`) or `onnxruntime` (`onnx_model`); same API, region maps included.",
+    )
+    onnx_model: Path | None = Field(
+        None,
+        description="For `backend=onnxruntime`: a `drface export --region-maps` file of the same `weights`; "
+        "empty = export the weights at start-up (checked, a few seconds).",
+    )
     warmup_runs: int = Field(
         2, ge=1, description="Full-pipeline inferences run at start-up before `/readyz` turns ready."
     )
@@ -110,7 +120,7 @@ class Settings(BaseSettings):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
 
-    @field_validator("weights", "torch_threads", mode="before")
+    @field_validator("weights", "torch_threads", "onnx_model", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         return None if value == "" else value

@@ -23,6 +23,8 @@ _EXPORTS = {
     "save_artifact": "model.artifact",
     "load_artifact": "model.artifact",
     "embed_faces": "model.embed",
+    "export_onnx": "model.export",
+    "OnnxNetwork": "model.onnx_backend",
 }
 
 __all__ = sorted(_EXPORTS)

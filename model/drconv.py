@@ -33,6 +33,10 @@ Execution paths (``forward`` picks by autograd state, not by ``train()`` / ``eva
   Jacobian).
 - any other kernel / stride / padding: one ``F.conv2d`` with O + r + m output channels, then the same
   selection; training uses ``argmax_onehot`` (custom autograd) and autograd for the rest.
+- ONNX export (``torch.onnx.export``, see model/export.py): ``forward_standard_ops``, the inference function
+  written in ops every ONNX runtime has: MatMul (or Conv for k x k) for [V; guide] x and W0 x, ArgMax for the
+  mask, GatherElements for each pixel's region coefficients, MatMul for U (s ⊙ V x). No in-place op, no
+  fused operator; the shapes stay symbolic, so the batch and the image size can be dynamic.
 
 Gradient through argmax (the paper's): forward uses the one-hot mask, backward uses softmax(F):
 dL/dF(p) = s ⊙ (g − <s, g>), s = softmax(F(p)), g_j = dL/d onehot_j(p) = <dL/dy(p), (W_j * x)(p)>.
@@ -490,6 +494,39 @@ class DRConv2d(nn.Module):
             y = y + self.bias.view(1, -1, 1, 1)
         return y, mask
 
+    def forward_standard_ops(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference from standard ONNX ops only (what export traces): x (B, C, H, W) -> y (B, O, H', W'),
+        mask (B, H', W') int64; the same function as ``forward_inference`` (first region on ties, like it).
+        """
+        self._check_input(x)
+        o, r, m = self.out_channels, self.rank, self.region_num
+        # batch dims are written as -1, never read from a shape: the exporter may freeze a read shape
+        if self._pointwise:
+            h, w = x.shape[2:]
+            xv = x.flatten(2)  # (B, C, P)
+            region = torch.matmul(self.region_weight.flatten(1), xv)  # (B, r + m, P): [V; guide] x
+            base = torch.matmul(self.weight.flatten(1), xv)  # (B, O, P): W0 x
+        else:
+            weight = torch.cat([self.region_weight, self.weight])
+            z = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation)
+            h, w = z.shape[2:]
+            z = z.flatten(2)
+            region, base = z[:, : r + m], z[:, r + m :]
+        proj = region[:, :r]
+        guide = region[:, r:] + self.guide_bias.unsqueeze(1)
+        mask = torch.argmax(guide, dim=1)  # (B, P)
+        pooled = self._pool(x)  # (B, C) or (B, k*k, C)
+        hidden = torch.sigmoid(F.linear(pooled, self.gen_reduce_weight, self.gen_reduce_bias))
+        if hidden.dim() == 3:
+            hidden = hidden.transpose(1, 2).flatten(1)  # (B, g*k*k), g-major like the conv weight
+        expanded = F.linear(hidden, self.gen_expand_weight.flatten(1), self.gen_expand_bias)
+        coeffs = expanded.reshape(-1, m, r).transpose(1, 2)  # (B, r, m)
+        selected = torch.gather(coeffs, 2, mask.unsqueeze(1).expand(-1, r, -1))  # (B, r, P)
+        y = base + torch.matmul(self.basis_out, selected * proj)
+        if self.bias is not None:
+            y = y + self.bias.view(1, o, 1)
+        return y.reshape(-1, o, h, w), mask.reshape(-1, h, w)
+
     def forward_inference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen filter only: x (B, C, H, W) -> y (B, O, H', W'), mask (B, H', W')."""
         return self._forward(x, training=False)
@@ -502,6 +539,9 @@ class DRConv2d(nn.Module):
         self, x: torch.Tensor, return_mask: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> y (B, O, H', W'), or (y, mask (B, H', W') int64 in [0, m)) if ``return_mask``."""
+        if torch.onnx.is_in_onnx_export():
+            y, mask = self.forward_standard_ops(x)
+            return (y, mask) if return_mask else y
         recording = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters())
         )

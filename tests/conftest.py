@@ -26,3 +26,12 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def cfp_root(data_root: Path) -> Path:
     return data_root / "cfp"
+
+
+@pytest.fixture(scope="session")
+def utkface_root() -> Path:
+    """Folder of 112x112 aligned UTKFace crops in the shared data; skips the test when absent."""
+    root = _data_root() / "utkface"
+    if not root.is_dir():
+        pytest.skip(f"aligned faces not found at {root} (set DRFACE_DATA_ROOT)")
+    return root

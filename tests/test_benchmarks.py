@@ -51,3 +51,16 @@ def test_soak_run_reports_answers_memory_logs_and_readiness(data_root, tmp_path)
     for row in ("answers", "valid requests, latency", "server RSS", "server log", "`/readyz`"):
         assert f"| {row} |" in report
     assert "**5xx 0**" in report
+
+
+@pytest.mark.slow
+def test_bench_backends_quick_reports_every_backend_with_ratios(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_backends
+
+    assert bench_backends.main(["--quick"]) == 0
+    printed = capsys.readouterr().out
+    for title in ("embed_faces at batch 1", "embed_faces at batch 4", "region maps of one face"):
+        assert title in printed
+    rows = [line.split() for line in printed.splitlines() if line.strip().startswith("onnxruntime")]
+    assert len(rows) == 3 and all(row[-1].endswith("x") for row in rows)

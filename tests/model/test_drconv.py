@@ -96,18 +96,32 @@ def test_pointwise_function_passes_gradcheck_for_every_input_but_the_guide():
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_both_paths_match_reference_forward(config):
+def test_every_path_matches_reference_forward(config):
     layer = _layer(config)
     x = _input(config[0])
     y_ref, mask_ref = reference_drconv(layer, x)
     with torch.no_grad():
         y_inf, mask_inf = layer.forward_inference(x)
         y_train, mask_train = layer.forward_training(x)
+        y_std, mask_std = layer.forward_standard_ops(x)  # what ONNX export traces
     assert y_inf.shape == y_ref.shape
-    assert torch.equal(mask_inf, mask_ref) and torch.equal(mask_train, mask_ref)
-    torch.testing.assert_close(y_inf, y_ref, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(y_train, y_ref, rtol=1e-10, atol=1e-10)
+    for mask in (mask_inf, mask_train, mask_std):
+        assert mask.dtype == torch.int64 and torch.equal(mask, mask_ref)
+    for y in (y_inf, y_train, y_std):
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     assert len(mask_ref.unique()) > 1, "test input should use several regions"
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_standard_ops_formulation_matches_the_inference_path_in_float32(kernel):
+    torch.manual_seed(0)
+    layer = DRConv2d(16, 24, kernel, region_num=8).eval()
+    x = torch.randn(3, 16, 12, 12)
+    with torch.no_grad():
+        y_inf, mask_inf = layer.forward_inference(x)
+        y_std, mask_std = layer.forward_standard_ops(x)
+    torch.testing.assert_close(y_std, y_inf, rtol=1e-5, atol=1e-5)
+    assert torch.equal(mask_std, mask_inf)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
