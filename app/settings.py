@@ -99,6 +99,20 @@ class Settings(BaseSettings):
         description="Run embeddings through a TorchScript trace of the network (batch norm folded), checked "
         "against eager PyTorch at start-up; false = eager PyTorch.",
     )
+    state_dir: Path = Field(
+        Path("state"),
+        description="Folder of the service's own data: the default SQLite gallery `gallery.sqlite3`.",
+    )
+    gallery_url: str = Field(
+        "",
+        description="Gallery database: empty = SQLite `gallery.sqlite3` in `state_dir`; `sqlite:///path` "
+        "(`sqlite:////abs/path`) or `postgresql://user:password@host:5432/dbname` (several replicas).",
+    )
+    gallery_keep_photos: bool = Field(
+        False,
+        description="Also store each enrolment photo, so `drface gallery reembed` can recompute templates "
+        "when the model changes; false = only embeddings and the photo's SHA-256 are stored.",
+    )
     warmup_runs: int = Field(
         2, ge=1, description="Full-pipeline inferences run at start-up before `/readyz` turns ready."
     )

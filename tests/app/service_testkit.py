@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -77,8 +78,15 @@ def wait_ready(get: Callable[[str], httpx.Response], timeout_s: float = READY_TI
 
 
 def make_settings(**overrides: object) -> Settings:
-    """Settings for tests: independent of the caller's DRFACE_* environment, one warm-up run, 1 thread."""
-    values: dict[str, object] = {"warmup_runs": 1, "torch_threads": 1, "api_keys": ""}
+    """Settings for tests: independent of the caller's DRFACE_* environment, one warm-up run, 1 thread,
+    a fresh gallery in a temporary folder."""
+    values: dict[str, object] = {
+        "warmup_runs": 1,
+        "torch_threads": 1,
+        "api_keys": "",
+        "gallery_url": "",
+        "state_dir": tempfile.mkdtemp(prefix="drface-state-"),
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -107,6 +115,7 @@ def uvicorn_server(log_path: Path | None = None, **env: str) -> Iterator[str]:
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DRFACE_")}
     environment.update({"DRFACE_LOG_LEVEL": "warning", "DRFACE_WARMUP_RUNS": "1", **env})
+    environment.setdefault("DRFACE_STATE_DIR", tempfile.mkdtemp(prefix="drface-state-"))
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = open(log_path, "wb") if log_path is not None else None  # noqa: SIM115 (closed below)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=log)
