@@ -18,8 +18,8 @@ from fastapi_offline import FastAPIOffline
 from app.body_limit import BodyLimitMiddleware, ByteBudget
 from app.engine import Engine, InferenceGate
 from app.errors import ErrorGuardMiddleware, install_error_handlers
-from app.gallery.routes import gallery_router, served_model
-from app.gallery.service import Gallery
+from app.gallery.routes import gallery_router
+from app.gallery.service import Gallery, served_model
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import build_api_router, ops_router
 from app.settings import Settings

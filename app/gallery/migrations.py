@@ -8,7 +8,8 @@ migration: add the next one.
 Tables (version 1):
 * `subjects`: id (client-chosen or generated), display name, metadata (JSON text), created-at.
 * `templates`: one enrolled face: its subject, the model (name, version) whose embedding it holds, the
-  embedding (D float32, little-endian), the SHA-256 of the source photo, box and detector score, created-at.
+  embedding (D float32, little-endian), the SHA-256 of the source photo, box, detector score, whether the
+  photo was a pre-aligned crop, created-at.
 * `template_photos`: the source photo of a template, only when the operator keeps photos.
 * `gallery_state`: one row, `version`, raised by every write transaction; `template_changes` lists which
   templates each version touched, so another replica brings its in-memory index up to date by reading only
@@ -49,6 +50,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 photo_sha256 TEXT NOT NULL,
                 box TEXT NOT NULL,
                 score REAL,
+                aligned INTEGER NOT NULL,
                 created_at TEXT NOT NULL
             )""",
             "CREATE INDEX templates_subject ON templates (subject_id)",

@@ -36,7 +36,7 @@ from app.gallery.schemas import (
     SubjectPage,
     SubjectVerifyResponse,
 )
-from app.gallery.service import Gallery, reenrol_advice
+from app.gallery.service import Gallery, largest_face, reenrol_advice, served_model
 from app.gallery.store import ModelId, SubjectRecord, TemplateRecord
 from app.inputs import read_request
 from app.routes import (
@@ -66,10 +66,6 @@ _PHOTO_ERRORS = _errors(400, 401, 404, 408, 409, 413, 415, 422, 429, 503)
 
 
 # -- conversions ------------------------------------------------------------------------------------------
-def served_model(engine: Engine) -> ModelId:
-    return ModelId(engine.card.name, engine.card.version)
-
-
 def subject_out(subject: SubjectRecord) -> SubjectOut:
     return SubjectOut(
         id=subject.id,
@@ -91,11 +87,6 @@ def enrolled_face(template: TemplateRecord, model: ModelId | None) -> EnrolledFa
         score=template.score,
         created_at=template.created_at,
     )
-
-
-def probe_face(engine: Engine, photo: bytes, aligned: bool) -> Face:
-    """The largest face of the photo, with its embedding (NoFaceError when there is none)."""
-    return engine.embed(engine.find_faces(photo, aligned, limit=1))[0]
 
 
 def without_embedding(face: Face) -> Face:
@@ -194,7 +185,7 @@ async def enrol_face(
     options, images = await read_request(request, EnrolOptions, ("image",), settings.max_upload_bytes)
     photo = images["image"]
     await asyncio.to_thread(gallery.store.get_subject, subject_id)  # 404 before spending an inference
-    face, time_ms = await run_pipeline(request, "enrol", probe_face, engine, photo, options.aligned)
+    face, time_ms = await run_pipeline(request, "enrol", largest_face, engine, photo, options.aligned)
     request.app.state.metrics.faces.inc(0 if options.aligned else 1)
     model = served_model(engine)
     assert face.embedding is not None
@@ -206,6 +197,7 @@ async def enrol_face(
         hashlib.sha256(photo).hexdigest(),
         np.round(face.box_xyxy.astype(float), 2).tolist(),
         None if face.score is None else round(face.score, 4),
+        options.aligned,
         photo if gallery.keep_photos else None,
     )
     await asyncio.to_thread(gallery.sync)
@@ -259,7 +251,7 @@ async def verify_subject(
     model = served_model(engine)
 
     def job() -> tuple[Face, float, str]:
-        face = probe_face(engine, images["image"], options.aligned)
+        face = largest_face(engine, images["image"], options.aligned)
         similarity, face_id = gallery.verify(subject_id, face.embedding, model)
         return face, similarity, face_id
 
@@ -295,7 +287,7 @@ async def identify(
     threshold, operating_point = resolve_threshold(engine.card, options.threshold, settings.threshold)
 
     def job() -> tuple[Face, list[Candidate], int]:
-        face = probe_face(engine, images["image"], options.aligned)
+        face = largest_face(engine, images["image"], options.aligned)
         index = gallery.sync()
         return face, index.search(face.embedding, options.top_k), len(index)
 

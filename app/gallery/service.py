@@ -12,12 +12,23 @@ import threading
 
 import numpy as np
 
+from app.engine import Engine, Face
 from app.gallery.errors import ModelMismatchError, NoEnrolledFaceError
 from app.gallery.index import TemplateIndex
 from app.gallery.store import GalleryStore, ModelId
 from app.settings import Settings
 
 logger = logging.getLogger("drface.app")
+
+
+def served_model(engine: Engine) -> ModelId:
+    """The model whose templates the service searches: the loaded one."""
+    return ModelId(engine.card.name, engine.card.version)
+
+
+def largest_face(engine: Engine, photo: bytes, aligned: bool) -> Face:
+    """The largest face of the photo, with its embedding (NoFaceError when there is none)."""
+    return engine.embed(engine.find_faces(photo, aligned, limit=1))[0]
 
 
 def reenrol_advice(subject_hint: str = "each subject") -> str:

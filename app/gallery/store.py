@@ -399,6 +399,7 @@ class GalleryStore:
         photo_sha256: str,
         box_xyxy: list[float],
         score: float | None,
+        aligned: bool,
         photo: bytes | None = None,
     ) -> tuple[TemplateRecord, bool]:
         """Enrol one face; (template, created). The same photo enrolled again for the subject and model
@@ -428,7 +429,7 @@ class GalleryStore:
                     return record, False
                 sql.run(
                     "INSERT INTO templates (id, subject_id, model_name, model_version, embedding, "
-                    "photo_sha256, box, score, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "photo_sha256, box, score, aligned, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         template_id,
                         subject_id,
@@ -438,6 +439,7 @@ class GalleryStore:
                         photo_sha256,
                         json.dumps(box_xyxy),
                         score,
+                        int(aligned),
                         created_at,
                     ),
                 )
@@ -484,6 +486,15 @@ class GalleryStore:
                     f"SELECT COUNT(*) FROM templates WHERE {condition}", (model.name, model.version)
                 )
         return int(row[0]) if row else 0
+
+    def templates_per_model(self) -> dict[tuple[str, str], int]:
+        """Template count per (model name, model version)."""
+        with self._transaction() as sql:
+            rows = sql.rows(
+                "SELECT model_name, model_version, COUNT(*) FROM templates "
+                "GROUP BY model_name, model_version ORDER BY model_name, model_version"
+            )
+        return {(row[0], row[1]): int(row[2]) for row in rows}
 
     # -- the search index's view ---------------------------------------------------------------------
     def version(self) -> int:
@@ -565,10 +576,15 @@ class GalleryStore:
         with_photo = [r[0] for r in rows if r[1]]
         return with_photo, len(rows) - len(with_photo)
 
-    def template_photo(self, template_id: str) -> bytes | None:
+    def template_photo(self, template_id: str) -> tuple[bytes, bool] | None:
+        """(stored photo, whether it is a pre-aligned crop) of a template, or None without a photo."""
         with self._transaction() as sql:
-            row = sql.one("SELECT photo FROM template_photos WHERE template_id = ?", (template_id,))
-        return None if row is None else bytes(row[0])
+            row = sql.one(
+                "SELECT p.photo, t.aligned FROM template_photos p JOIN templates t ON t.id = p.template_id "
+                "WHERE p.template_id = ?",
+                (template_id,),
+            )
+        return None if row is None else (bytes(row[0]), bool(row[1]))
 
     def replace_embedding(
         self,
