@@ -14,12 +14,17 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
 from app.errors import ApiError
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.engine import Engine
+    from app.gallery.store import GalleryStore
 
 
 @dataclass(frozen=True)
@@ -44,31 +49,37 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def reembed_gallery(settings: Settings) -> ReembedReport:
     """Re-embed every template of another model that has a stored photo with the model of `settings`."""
     from app.engine import Engine
-    from app.gallery.service import largest_face, served_model
     from app.gallery.store import GalleryStore
 
     engine = Engine.load(settings)
-    model = served_model(engine)
     store = GalleryStore.open(settings.gallery_url, settings.state_dir)
     try:
-        template_ids, without_photo = store.templates_to_reembed(model)
-        done, failed = 0, {}
-        for template_id in template_ids:
-            stored = store.template_photo(template_id)
-            if stored is None:  # deleted meanwhile
-                continue
-            photo, aligned = stored
-            try:
-                face = largest_face(engine, photo, aligned)
-            except ApiError as exc:  # e.g. the new detector finds no face in it
-                failed[template_id] = exc.message
-                continue
-            assert face.embedding is not None
-            box = np.round(face.box_xyxy.astype(float), 2).tolist()
-            score = None if face.score is None else round(face.score, 4)
-            done += store.replace_embedding(template_id, model, face.embedding, box, score)
+        return reembed(engine, store)
     finally:
         store.close()
+
+
+def reembed(engine: Engine, store: GalleryStore) -> ReembedReport:
+    """Replace the embedding of each template of another model that has a stored photo with `engine`'s."""
+    from app.gallery.service import largest_face, served_model
+
+    model = served_model(engine)
+    template_ids, without_photo = store.templates_to_reembed(model)
+    done, failed = 0, {}
+    for template_id in template_ids:
+        stored = store.template_photo(template_id)
+        if stored is None:  # deleted meanwhile
+            continue
+        photo, aligned = stored
+        try:
+            face = largest_face(engine, photo, aligned)
+        except ApiError as exc:  # e.g. the new detector finds no face in it
+            failed[template_id] = exc.message
+            continue
+        assert face.embedding is not None
+        box = np.round(face.box_xyxy.astype(float), 2).tolist()
+        score = None if face.score is None else round(face.score, 4)
+        done += store.replace_embedding(template_id, model, face.embedding, box, score)
     return ReembedReport(model.label, done, failed, without_photo)
 
 
