@@ -86,12 +86,16 @@ class Gallery:
             if delta is None:
                 return index
             if delta.version >= 0:
+                new_ids = any(template_id not in index for template_id, _, _ in delta.upserts)
                 for template_id, subject_id, embedding in delta.upserts:
                     index.upsert(template_id, subject_id, embedding)
                 for template_id in delta.removed:
                     index.remove(template_id)
                 index.version = delta.version
-                self.other_model_templates = self.store.count_templates(self.model, other_models=True)
+                # Recount the other models' templates (a table scan) only when they may have changed: a
+                # template left this model's view, or one joined it while others exist (re-embedding).
+                if delta.removed or (new_ids and self.other_model_templates):
+                    self.other_model_templates = self.store.count_templates(self.model, other_models=True)
                 return index
         # The database went back in time (restored from a backup, replaced): start over.
         logger.warning("gallery version went backwards: reloading the index")

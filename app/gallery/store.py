@@ -139,6 +139,15 @@ class _Sql:
         """Execute; returns the cursor (fetchall, fetchone, rowcount)."""
         return self.connection.execute(sql.replace("?", "%s") if self.postgres else sql, tuple(params))
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute a large SELECT; its rows are fetched in chunks (`fetchmany`), not all at once
+        (PostgreSQL: a server-side cursor, so a million templates are not held twice in memory)."""
+        if not self.postgres:
+            return self.connection.execute(sql, tuple(params))
+        cursor = self.connection.cursor(name="drface_stream")
+        cursor.execute(sql.replace("?", "%s"), tuple(params))
+        return cursor
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return list(self.run(sql, params).fetchall())
 
@@ -506,6 +515,8 @@ class GalleryStore:
     def index_rows(self, model: ModelId, embedding_dim: int) -> IndexRows:
         """Every template of `model`, as one (N, D) float32 matrix, and the version they are as of."""
         with self._transaction() as sql:
+            if self.dialect == "postgresql":  # one snapshot: the count, the rows and the version agree
+                sql.run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             row = sql.one("SELECT version FROM gallery_state WHERE id = 1")
             version = int(row[0]) if row else 0
             count_row = sql.one(
@@ -516,7 +527,7 @@ class GalleryStore:
             embeddings = np.empty((count, embedding_dim), dtype=np.float32)
             template_ids: list[str] = []
             subject_ids: list[str] = []
-            cursor = sql.run(
+            cursor = sql.stream(
                 "SELECT id, subject_id, embedding FROM templates WHERE model_name = ? AND model_version = ?",
                 (model.name, model.version),
             )
@@ -530,6 +541,7 @@ class GalleryStore:
                 embeddings[start : start + len(chunk)] = block.reshape(len(chunk), embedding_dim)
                 template_ids.extend(r[0] for r in chunk)
                 subject_ids.extend(r[1] for r in chunk)
+            cursor.close()
         return IndexRows(version, template_ids, subject_ids, embeddings[: len(template_ids)])
 
     def changes_since(self, version: int, model: ModelId) -> IndexDelta | None:
