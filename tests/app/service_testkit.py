@@ -59,6 +59,13 @@ def png(image: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def aligned_crop(seed: int) -> bytes:
+    """A 112x112 PNG to send with `aligned=true`: blocky noise, its own embedding for each seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (14, 14, 3), dtype=np.uint8)
+    return png(np.kron(small, np.ones((8, 8, 1), dtype=np.uint8)))
+
+
 def wait_ready(get: Callable[[str], httpx.Response], timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll /readyz until 200; fail with the last answer after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from service_testkit import aligned_crop as crop
 from service_testkit import png, running_app
 from throwaway_postgres import fresh_database
 
@@ -19,13 +20,6 @@ from app.gallery.cli import reembed
 from app.gallery.store import ModelId
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def crop(seed: int) -> bytes:
-    """A 112x112 PNG: blurred noise, different for each seed."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (14, 14, 3), dtype=np.uint8)
-    return png(np.kron(small, np.ones((8, 8, 1), dtype=np.uint8)))
 
 
 def photo_form(seed: int, **fields: str) -> dict:

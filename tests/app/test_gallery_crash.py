@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from service_testkit import aligned_crop as crop
 from service_testkit import start_server, stop_server
-from test_gallery_api import crop
 
 pytestmark = pytest.mark.slow
 
