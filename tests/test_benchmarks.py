@@ -51,3 +51,20 @@ def test_soak_run_reports_answers_memory_logs_and_readiness(data_root, tmp_path)
     for row in ("answers", "valid requests, latency", "server RSS", "server log", "`/readyz`"):
         assert f"| {row} |" in report
     assert "**5xx 0**" in report
+
+
+def test_bench_identify_prints_one_row_per_gallery_size():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_identify.py", "--sizes", "1000", "3000", "--queries", "3"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("| 1,000 |") or line.startswith("| 3,000 |")
+    ]
+    assert len(rows) == 2
