@@ -53,14 +53,18 @@ RUN python -m model.fused --portable && python -c "from model import fused; asse
 
 FROM ${BASE_IMAGE} AS runtime
 # No apt packages: headless OpenCV, onnxruntime and torch bring their own libraries.
-RUN useradd --create-home --uid 10001 --user-group drface
+# /var/lib/drface holds the SQLite gallery (DRFACE_STATE_DIR); compose mounts a volume there, which Docker
+# fills from the image on first use, so the folder must already belong to the service user.
+RUN useradd --create-home --uid 10001 --user-group drface \
+    && install -d -o 10001 -g 10001 /var/lib/drface
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     DRFACE_HOST=0.0.0.0 \
-    DRFACE_PORT=8000
+    DRFACE_PORT=8000 \
+    DRFACE_STATE_DIR=/var/lib/drface
 WORKDIR /home/drface
 USER 10001
 # The runtime stage has no compiler and no libGL: the operator and cv2 must load as they are.

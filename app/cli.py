@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a model from an aligned dataset or a .rec"),
     "eval": ("training.evaluate", "evaluate a model on CFP, a pairs file or .bin verification sets"),
     "export": ("model.export_cli", "export a model to ONNX (embeddings, optionally region maps), checked"),
+    "gallery": (
+        "app.gallery.cli",
+        "the enrolment gallery: show what it holds, re-embed templates for a new model",
+    ),
 }
 
 

@@ -18,6 +18,8 @@ from fastapi_offline import FastAPIOffline
 from app.body_limit import BodyLimitMiddleware, ByteBudget
 from app.engine import Engine, InferenceGate
 from app.errors import ErrorGuardMiddleware, install_error_handlers
+from app.gallery.routes import gallery_router
+from app.gallery.service import Gallery, served_model
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import faces, model_info, operations
 from app.settings import Settings
@@ -42,6 +44,7 @@ async def _load_model(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     try:
         engine = await asyncio.to_thread(Engine.load, settings)
+        await asyncio.to_thread(app.state.gallery.load_index, served_model(engine), engine.card.embedding_dim)
         warm_ms = await app.state.gate.run(engine.warm_up, settings.warmup_runs)
     except Exception as exc:  # any failure must show on /healthz, not kill the event loop silently
         logger.exception("model failed to load")
@@ -62,6 +65,7 @@ async def _load_model(app: FastAPI) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    app.state.gallery = await asyncio.to_thread(Gallery.open, settings)  # migrates the schema
     gate = InferenceGate(
         settings.max_concurrent,
         settings.max_queue,
@@ -76,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         loader.cancel()
         gate.shutdown()
+        app.state.gallery.close()
         app.state.engine = None
         app.state.metrics.ready.set(0)
 
@@ -104,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = None
     app.state.gate = None
     app.state.load_error = None
+    app.state.gallery = None
     install_error_handlers(app)
     # The last middleware added runs first: metrics see every request, including refused bodies, dropped
     # clients (499) and bugs (500, logged once by the error guard).
@@ -118,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for router in (faces.router, model_info.router, operations.router):
+    for router in (faces.router, model_info.router, gallery_router, operations.router):
         app.include_router(router)
     install_web_page(app)
     return app

@@ -206,8 +206,8 @@ class HealthStatus(BaseModel):
 class ErrorDetail(BaseModel):
     code: str = Field(
         description="Stable machine-readable code: no_face, bad_image, too_many_faces, unauthorized, "
-        "not_found, method_not_allowed, too_large, unsupported_media_type, invalid_request, overloaded, "
-        "not_ready, internal.",
+        "not_found, method_not_allowed, conflict, no_enrolled_face, model_mismatch, too_large, "
+        "unsupported_media_type, invalid_request, overloaded, not_ready, internal.",
         examples=["no_face"],
     )
     message: str = Field(description="What went wrong, for humans.", examples=["no face found in the image"])

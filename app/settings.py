@@ -109,6 +109,20 @@ class Settings(BaseSettings):
         description="For `backend=onnxruntime`: a `drface export --region-maps` file of the same `weights`; "
         "empty = export the weights at start-up (checked, a few seconds).",
     )
+    state_dir: Path = Field(
+        Path("state"),
+        description="Folder of the service's own data: the default SQLite gallery `gallery.sqlite3`.",
+    )
+    gallery_url: str = Field(
+        "",
+        description="Gallery database: empty = SQLite `gallery.sqlite3` in `state_dir`; `sqlite:///path` "
+        "(`sqlite:////abs/path`) or `postgresql://user:password@host:5432/dbname` (several replicas).",
+    )
+    gallery_keep_photos: bool = Field(
+        False,
+        description="Also store each enrolment photo, so `drface gallery reembed` can recompute templates "
+        "when the model changes; false = only embeddings and the photo's SHA-256 are stored.",
+    )
     warmup_runs: int = Field(
         2, ge=1, description="Full-pipeline inferences run at start-up before `/readyz` turns ready."
     )

@@ -64,3 +64,20 @@ def test_bench_backends_quick_reports_every_backend_with_ratios(capsys, monkeypa
         assert title in printed
     rows = [line.split() for line in printed.splitlines() if line.strip().startswith("onnxruntime")]
     assert len(rows) == 3 and all(row[-1].endswith("x") for row in rows)
+
+
+def test_bench_identify_prints_one_row_per_gallery_size():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_identify.py", "--sizes", "1000", "3000", "--queries", "3"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith("| 1,000 |") or line.startswith("| 3,000 |")
+    ]
+    assert len(rows) == 2

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_testkit import PERSON_A, PERSON_B, cfp_photo, jpeg, running_app, square_photo, uvicorn_server
+from throwaway_postgres import PostgresUnavailable, fresh_database, throwaway_postgres
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,25 @@ def server_url(cfp_root: Path) -> Iterator[str]:
     """Base URL of one real uvicorn server shared by the session's server tests."""
     with uvicorn_server(DRFACE_TORCH_THREADS="1") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a throwaway PostgreSQL cluster for the session; skips the test where none can be started."""
+    try:
+        cluster = throwaway_postgres()
+        url = cluster.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server for the test: {exc}")
+    try:
+        yield url
+    finally:
+        cluster.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gallery_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty gallery database: a SQLite file, and a fresh PostgreSQL database where a server can run."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gallery.sqlite3'}"
+    return fresh_database(request.getfixturevalue("postgres_server"))

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +59,13 @@ def png(image: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def aligned_crop(seed: int) -> bytes:
+    """A 112x112 PNG to send with `aligned=true`: blocky noise, its own embedding for each seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (14, 14, 3), dtype=np.uint8)
+    return png(np.kron(small, np.ones((8, 8, 1), dtype=np.uint8)))
+
+
 def wait_ready(get: Callable[[str], httpx.Response], timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll /readyz until 200; fail with the last answer after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -77,8 +85,15 @@ def wait_ready(get: Callable[[str], httpx.Response], timeout_s: float = READY_TI
 
 
 def make_settings(**overrides: object) -> Settings:
-    """Settings for tests: independent of the caller's DRFACE_* environment, one warm-up run, 1 thread."""
-    values: dict[str, object] = {"warmup_runs": 1, "torch_threads": 1, "api_keys": ""}
+    """Settings for tests: independent of the caller's DRFACE_* environment, one warm-up run, 1 thread,
+    a fresh gallery in a temporary folder."""
+    values: dict[str, object] = {
+        "warmup_runs": 1,
+        "torch_threads": 1,
+        "api_keys": "",
+        "gallery_url": "",
+        "state_dir": tempfile.mkdtemp(prefix="drface-state-"),
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -98,17 +113,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def uvicorn_server(log_path: Path | None = None, **env: str) -> Iterator[str]:
-    """`drface serve` in a subprocess on a free loopback port; yields its base URL once /readyz is 200.
-
-    With `log_path`, the server's stdout and stderr go to that file.
-    """
+def start_server(log: Any = None, **env: str) -> tuple[subprocess.Popen, str]:
+    """Start `drface serve` on a free loopback port with these `DRFACE_*` variables (a fresh gallery unless
+    DRFACE_STATE_DIR or DRFACE_GALLERY_URL is given); returns the process and its base URL once ready."""
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DRFACE_")}
     environment.update({"DRFACE_LOG_LEVEL": "warning", "DRFACE_WARMUP_RUNS": "1", **env})
+    environment.setdefault("DRFACE_STATE_DIR", tempfile.mkdtemp(prefix="drface-state-"))
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log = open(log_path, "wb") if log_path is not None else None  # noqa: SIM115 (closed below)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -120,14 +132,36 @@ def uvicorn_server(log_path: Path | None = None, **env: str) -> Iterator[str]:
                 return client.get(path)
 
             wait_ready(get)
-        yield base_url
-    finally:
-        process.terminate()
+    except BaseException:
+        stop_server(process)
+        raise
+    return process, base_url
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Ask the server to stop (SIGTERM); kill it if it has not within 15 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def uvicorn_server(log_path: Path | None = None, **env: str) -> Iterator[str]:
+    """`drface serve` in a subprocess on a free loopback port; yields its base URL once /readyz is 200.
+
+    With `log_path`, the server's stdout and stderr go to that file.
+    """
+    log = open(log_path, "wb") if log_path is not None else None  # noqa: SIM115 (closed below)
+    try:
+        process, base_url = start_server(log, **env)
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield base_url
+        finally:
+            stop_server(process)
+    finally:
         if log is not None:
             log.close()
 
