@@ -79,6 +79,10 @@ class RequestTimeoutError(ApiError):
         super().__init__(message, headers={"Connection": "close"})
 
 
+class NotAcceptableError(ApiError):
+    status_code, code = 406, "not_acceptable"
+
+
 class NotReadyError(ApiError):
     status_code, code = 503, "not_ready"
 
@@ -93,6 +97,28 @@ _IMAGE_ERRORS: tuple[tuple[type[ImageError], type[ApiError]], ...] = (
 
 # Status codes Starlette/FastAPI raise themselves (routing, body limits) -> our error code.
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_OTHER_HTTP_CODE = "http_error"  # any other status the framework raises
+
+# Every `code` an error response may carry (the schema's ErrorCode enum): the ApiError types', the
+# framework's above, the HTTP layer's (app.http_protocol: headers_too_large) and the last-resort `internal`.
+ERROR_CODES: tuple[str, ...] = (
+    "bad_image",
+    "no_face",
+    "too_many_faces",
+    "invalid_request",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "not_acceptable",
+    "request_timeout",
+    "too_large",
+    "unsupported_media_type",
+    "overloaded",
+    "headers_too_large",
+    "internal",
+    "not_ready",
+    _OTHER_HTTP_CODE,
+)
 
 
 def image_error_to_api(error: ImageError) -> ApiError:
@@ -153,7 +179,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, _OTHER_HTTP_CODE)
         message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
         return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
 

@@ -10,24 +10,26 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel
 
 from app.engine import Engine, Face, LayerMask
 from app.errors import NotReadyError, UnauthorizedError
-from app.inputs import read_request
+from app.inputs import png_media_type, read_request
+from app.openapi import API_KEY_SCHEME, PNG_RESPONSE, error_responses, json_body, multipart_body
 from app.region_png import region_colors_hex, render_region_png
 from app.schemas import (
+    EmbedForm,
     EmbedOptions,
     EmbedRequest,
     EmbedResponse,
-    ErrorResponse,
     FaceOut,
     HealthStatus,
     ModelInfo,
     RegionLayer,
+    RegionMapForm,
     RegionMapOptions,
     RegionMapRequest,
     RegionMapResponse,
+    VerifyForm,
     VerifyOptions,
     VerifyRequest,
     VerifyResponse,
@@ -41,12 +43,19 @@ T = TypeVar("T")
 _COORDINATE_DECIMALS = 2
 
 _api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="Required when the server sets DRFACE_API_KEYS."
+    name="X-API-Key",
+    scheme_name=API_KEY_SCHEME,
+    auto_error=False,
+    description="Required when the server sets DRFACE_API_KEYS.",
 )
 
 
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorResponse} for status in statuses}
+    return error_responses(*statuses)
 
 
 # -- dependencies ---------------------------------------------------------------------------------------
@@ -121,26 +130,6 @@ async def run_pipeline(
     return result, round(seconds * 1000, 2)
 
 
-def _openapi_body(json_model: type[BaseModel], options: type[BaseModel], files: tuple[str, ...]) -> dict:
-    """Document both accepted bodies (the routes parse them themselves, see app.inputs)."""
-    form = options.model_json_schema()
-    form_properties = {
-        name: {"type": "string", "format": "binary", "description": "The photo file."} for name in files
-    }
-    form_properties.update(form.get("properties", {}))
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": list(files), "properties": form_properties}
-                },
-                "application/json": {"schema": json_model.model_json_schema()},
-            },
-        }
-    }
-
-
 # -- /v1 --------------------------------------------------------------------------------------------------
 def build_api_router() -> APIRouter:
     """The `/v1` routes."""
@@ -148,11 +137,20 @@ def build_api_router() -> APIRouter:
     image_errors = _errors(400, 401, 408, 413, 415, 422, 429, 503)
 
     @router.post(
-        "/embed",
+        "/embed/json",
+        operation_id="embed_json",
         response_model=EmbedResponse,
-        summary="Embed every face of a photo",
+        summary="Embed every face of a photo (base64 JSON)",
         responses=image_errors,
-        openapi_extra=_openapi_body(EmbedRequest, EmbedOptions, ("image",)),
+        openapi_extra=json_body(EmbedRequest),
+    )
+    @router.post(
+        "/embed",
+        operation_id="embed",
+        response_model=EmbedResponse,
+        summary="Embed every face of a photo (multipart upload)",
+        responses=image_errors,
+        openapi_extra=multipart_body(EmbedForm),
     )
     async def embed(request: Request, engine: ReadyEngine) -> EmbedResponse:
         """Detect every face (largest box first: `faces[0]` is "the" face), align each to 112x112 and return
@@ -173,11 +171,20 @@ def build_api_router() -> APIRouter:
         )
 
     @router.post(
-        "/verify",
+        "/verify/json",
+        operation_id="verify_json",
         response_model=VerifyResponse,
-        summary="Are the faces of two photos the same person?",
+        summary="Are the faces of two photos the same person? (base64 JSON)",
         responses=image_errors,
-        openapi_extra=_openapi_body(VerifyRequest, VerifyOptions, ("image1", "image2")),
+        openapi_extra=json_body(VerifyRequest),
+    )
+    @router.post(
+        "/verify",
+        operation_id="verify",
+        response_model=VerifyResponse,
+        summary="Are the faces of two photos the same person? (multipart upload)",
+        responses=image_errors,
+        openapi_extra=multipart_body(VerifyForm),
     )
     async def verify(request: Request, engine: ReadyEngine) -> VerifyResponse:
         """Embed the largest face of `image1` and of `image2` and compare them: `similarity` is their cosine
@@ -202,32 +209,47 @@ def build_api_router() -> APIRouter:
         )
 
     @router.post(
-        "/region-map",
-        response_model=RegionMapResponse,
-        summary="Which DRConv filter serves which part of the face",
+        "/region-map/png",
+        operation_id="region_map_png",
+        response_class=PNGResponse,
+        summary="Region maps as a PNG picture (multipart upload)",
         responses={
-            **image_errors,
-            200: {
-                "description": "JSON masks, or with `format=png` a PNG picture of them.",
-                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            },
+            **_errors(400, 401, 406, 408, 413, 415, 422, 429, 503),
+            200: PNG_RESPONSE,
         },
-        openapi_extra=_openapi_body(RegionMapRequest, RegionMapOptions, ("image",)),
+        openapi_extra=multipart_body(RegionMapForm),
+    )
+    @router.post(
+        "/region-map/json",
+        operation_id="region_map_json",
+        response_model=RegionMapResponse,
+        summary="Which DRConv filter serves which part of the face (base64 JSON)",
+        responses=image_errors,
+        openapi_extra=json_body(RegionMapRequest),
+    )
+    @router.post(
+        "/region-map",
+        operation_id="region_map",
+        response_model=RegionMapResponse,
+        summary="Which DRConv filter serves which part of the face (multipart upload)",
+        responses=image_errors,
+        openapi_extra=multipart_body(RegionMapForm),
     )
     async def region_map(request: Request, engine: ReadyEngine) -> Any:
         """For face `face_index` (0 = largest), every DRConv layer's guided mask: each cell of the layer's
         feature map belongs to one of `regions` regions, and each region has its own filter."""
         settings = get_settings(request)
         options, images = await read_request(request, RegionMapOptions, ("image",), settings.max_upload_bytes)
+        png_type = png_media_type(request, options.format, "format" in options.model_fields_set)
 
         def job() -> tuple[Face, list[LayerMask], bytes | None]:
             face, layers = engine.region_map(images["image"], options.aligned, options.face_index)
-            picture = render_region_png(face.aligned, layers) if options.format == "png" else None
+            picture = render_region_png(face.aligned, layers) if png_type else None
             return face, layers, picture
 
         (face, layers, picture), time_ms = await run_pipeline(request, "region_map", job)
         if picture is not None:
-            return Response(content=picture, media_type="image/png")
+            return Response(content=picture, media_type=png_type)
         return RegionMapResponse(
             face=face_out(face),
             layers=[layer_out(layer) for layer in layers],
@@ -235,7 +257,13 @@ def build_api_router() -> APIRouter:
             time_ms=time_ms,
         )
 
-    @router.get("/model", response_model=ModelInfo, summary="The served model", responses=_errors(401, 503))
+    @router.get(
+        "/model",
+        operation_id="get_model",
+        response_model=ModelInfo,
+        summary="The served model",
+        responses=_errors(401, 503),
+    )
     async def model_info(request: Request, engine: ReadyEngine) -> ModelInfo:
         """Name, version, architecture, thresholds and evaluation results, from the model card."""
         card = engine.card
@@ -273,6 +301,7 @@ ops_router = APIRouter(tags=["operations"])
 
 @ops_router.get(
     "/healthz",
+    operation_id="healthz",
     response_model=HealthStatus,
     summary="Process is up",
     responses=_errors(503),
@@ -289,6 +318,7 @@ async def healthz(request: Request) -> HealthStatus:
 
 @ops_router.get(
     "/readyz",
+    operation_id="readyz",
     response_model=HealthStatus,
     summary="Model loaded and warmed up",
     responses=_errors(503),
@@ -302,9 +332,12 @@ async def readyz(request: Request) -> HealthStatus:
 
 @ops_router.get(
     "/metrics",
+    operation_id="metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}
+    },
 )
 @ops_router.head("/metrics", include_in_schema=False)  # load balancers probe with HEAD
 async def metrics(request: Request) -> Response:
