@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.decode import ImageDecodeError, ImageError, ImageTooLargeError, UnsupportedImageError
@@ -98,6 +99,7 @@ _IMAGE_ERRORS: tuple[tuple[type[ImageError], type[ApiError]], ...] = (
 # Status codes Starlette/FastAPI raise themselves (routing, body limits) -> our error code.
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 _OTHER_HTTP_CODE = "http_error"  # any other status the framework raises
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # Every `code` an error response may carry (the schema's ErrorCode enum): the ApiError types', the
 # framework's above, the HTTP layer's (app.http_protocol: headers_too_large) and the last-resort `internal`.
@@ -161,6 +163,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes on the request's path (a GET route and its HEAD twin)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers so that every error, ours or the framework's, has the same JSON shape."""
 
@@ -181,7 +193,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, _OTHER_HTTP_CODE)
         message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
-        return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette lists the first matching route's methods; the path has more
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(request, exc.status_code, code, message, headers)
 
 
 class ErrorGuardMiddleware:

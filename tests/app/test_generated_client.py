@@ -14,17 +14,15 @@ import io
 import subprocess
 import sys
 import typing
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import httpx
 import pytest
-from service_testkit import uvicorn_server
+from service_testkit import KEYED_SERVER_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-API_KEY = "generated-client-key"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,12 +58,6 @@ def submodule(client: ModuleType, name: str) -> ModuleType:
     return importlib.import_module(f"{client.__name__}.{name}")
 
 
-@pytest.fixture(scope="module")
-def keyed_server_url(cfp_root: Path) -> Iterator[str]:
-    with uvicorn_server(DRFACE_TORCH_THREADS="1", DRFACE_API_KEYS=API_KEY) as url:
-        yield url
-
-
 @pytest.fixture(scope="module", params=["without_keys", "with_keys"])
 def generated(request, tmp_path_factory, server_url: str) -> tuple[ModuleType, object]:
     """(client package, a client object of it for the server) for a server without and with API keys."""
@@ -77,7 +69,7 @@ def generated(request, tmp_path_factory, server_url: str) -> tuple[ModuleType, o
     base_url = request.getfixturevalue("keyed_server_url")
     package_module = generate_client(base_url, tmp_path_factory.mktemp(package), package)
     client = package_module.AuthenticatedClient(
-        base_url=base_url, token=API_KEY, prefix="", auth_header_name="X-API-Key", timeout=60
+        base_url=base_url, token=KEYED_SERVER_KEY, prefix="", auth_header_name="X-API-Key", timeout=60
     )
     return package_module, client
 
