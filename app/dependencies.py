@@ -15,10 +15,14 @@ from fastapi.security import APIKeyHeader
 
 from app.engine import Engine
 from app.errors import NotReadyError, UnauthorizedError
+from app.openapi import API_KEY_SCHEME
 from app.settings import Settings
 
 _api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="Required when the server sets DRFACE_API_KEYS."
+    name="X-API-Key",
+    scheme_name=API_KEY_SCHEME,
+    auto_error=False,
+    description="Required when the server sets DRFACE_API_KEYS.",
 )
 
 

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model import pipeline
@@ -81,6 +82,10 @@ class RequestTimeoutError(ApiError):
         super().__init__(message, headers={"Connection": "close"})
 
 
+class NotAcceptableError(ApiError):
+    status_code, code = 406, "not_acceptable"
+
+
 class NotReadyError(ApiError):
     status_code, code = 503, "not_ready"
 
@@ -107,6 +112,32 @@ _DOMAIN_ERRORS: tuple[tuple[type[Exception], type[ApiError], str], ...] = (
 
 # Status codes Starlette/FastAPI raise themselves (routing, body limits) -> our error code.
 _HTTP_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_OTHER_HTTP_CODE = "http_error"  # any other status the framework raises
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+# Every `code` an error response may carry (the schema's ErrorCode enum): the ApiError types', the
+# framework's above, the HTTP layer's (app.http_protocol: headers_too_large) and the last-resort `internal`.
+ERROR_CODES: tuple[str, ...] = (
+    "bad_image",
+    "no_face",
+    "too_many_faces",
+    "invalid_request",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "conflict",
+    "no_enrolled_face",
+    "model_mismatch",
+    "not_acceptable",
+    "request_timeout",
+    "too_large",
+    "unsupported_media_type",
+    "overloaded",
+    "headers_too_large",
+    "internal",
+    "not_ready",
+    _OTHER_HTTP_CODE,
+)
 
 
 def domain_error_to_api(error: ImageError | pipeline.FaceError) -> ApiError:
@@ -143,6 +174,16 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(error_lines(exc.errors()[:5], drop=("body",))) or "invalid request"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes on the request's path (a GET route and its HEAD twin)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register handlers so that every error, ours or the framework's, has the same JSON shape."""
 
@@ -163,9 +204,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, _OTHER_HTTP_CODE)
         message = str(exc.detail) if exc.detail else HTTPStatus(exc.status_code).phrase
-        return error_response(request, exc.status_code, code, message, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette lists the first matching route's methods; the path has more
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(request, exc.status_code, code, message, headers)
 
 
 class ErrorGuardMiddleware:

@@ -1,8 +1,10 @@
 """Request bodies -> (options, image bytes): multipart uploads and JSON with base64 strings, same field names.
 
 Only these two content types are read; nothing is ever fetched from a URL. Parsing is strict: a field sent
-twice, a JSON `true` where a number is expected, or an image sent as a plain form field is a 422 that names
-the field, never a silent guess.
+twice or a JSON `true` where a number is expected is a 422 that names the field, never a silent guess.
+An image part without a filename (`curl -F 'image=<a.jpg'`, a generated client's `File` without
+`file_name`) is still the image: the field name says what it is. In a form, an optional field given as
+`null`, `None` or nothing means "not given" (form fields are text; that is how clients spell a null there).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import AsyncGenerator
+from tempfile import SpooledTemporaryFile
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -20,7 +23,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from app.errors import InvalidRequestError, TooLargeError, UnsupportedMediaTypeError
+from app.errors import InvalidRequestError, NotAcceptableError, TooLargeError, UnsupportedMediaTypeError
 from model.validation import error_lines
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -28,6 +31,9 @@ OptionsT = TypeVar("OptionsT", bound=BaseModel)
 _DATA_URL_PREFIX = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _MAX_FORM_FIELDS = 8
 _MAX_FORM_FIELD_BYTES = 1024
+_FORM_NULLS = frozenset({"", "null", "none"})
+# How a region-map PNG may be labelled, preferred first: generated clients read application/octet-stream.
+PNG_MEDIA_TYPES = ("image/png", "application/octet-stream")
 
 
 async def read_request(
@@ -88,7 +94,7 @@ async def _read_multipart(
         missing = [name for name in image_fields if name not in files]
         if missing:
             raise InvalidRequestError(f"missing file field(s) {_names(tuple(missing))}")
-        options = _validate(options_type, fields)
+        options = _validate(options_type, _form_nulls(options_type, fields))
         images = {}
         for name in image_fields:
             upload = files[name]
@@ -123,17 +129,64 @@ class _FormParser(MultiPartParser):
             raise MultiPartException(f"field '{part.field_name}' sent more than once")
         self._seen.add(part.field_name)
         if part.file is None and part.field_name in self.image_fields:
-            # A part without a filename is a text field; clients drop an empty filename (httpx, requests).
-            raise MultiPartException(
-                f"'{part.field_name}' must be a file upload (a part with a filename), "
-                f"e.g. curl -F '{part.field_name}=@photo.jpg'"
-            )
+            # No filename (curl -F 'image=<a.jpg', httpx for an empty or missing filename): still the image.
+            self._current_fields -= 1
+            self._current_files += 1
+            spool = SpooledTemporaryFile(max_size=self.spool_max_size)  # noqa: SIM115 (closed with the form)
+            self._files_to_close_on_error.append(spool)
+            part.file = UploadFile(file=spool, size=0, headers=Headers(raw=part.item_headers))  # type: ignore[arg-type]
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._current_part
         if part.file is None and len(part.data) + end - start > self.max_part_size:
             raise MultiPartException(f"field '{part.field_name}' is longer than {self.max_part_size} bytes")
         super().on_part_data(data, start, end)
+
+
+def _form_nulls(options_type: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` without the null spellings (`null`, `None`, empty) of the fields whose default is None."""
+    nullable = {name for name, field in options_type.model_fields.items() if field.default is None}
+    return {
+        name: value
+        for name, value in fields.items()
+        if not (name in nullable and isinstance(value, str) and value.strip().lower() in _FORM_NULLS)
+    }
+
+
+def png_media_type(request: Request, format_field: str, explicit: bool) -> str | None:
+    """The media type of a region-map answer that is a PNG, or None for JSON.
+
+    The `/png` route always answers the PNG: as image/png, or as application/octet-stream (the same bytes) for
+    a client whose `Accept` admits only that; an explicit `format=json` there is a 422, an `Accept` that
+    admits neither a 406. Elsewhere `format=png` gives the PNG unless `Accept` rules it out: then JSON.
+    """
+    accept = request.headers.get("accept") or "*/*"
+    media_type = next((kind for kind in PNG_MEDIA_TYPES if accepts(accept, kind)), None)
+    if request.url.path.rstrip("/").endswith("/png"):
+        if explicit and format_field != "png":
+            raise InvalidRequestError(f"format={format_field} on the PNG route: leave format out")
+        if media_type is None:
+            raise NotAcceptableError(f"this route answers image/png; the request accepts only {accept}")
+        return media_type
+    return media_type if format_field == "png" else None
+
+
+def accepts(accept: str, media_type: str) -> bool:
+    """Whether an `Accept` header admits `media_type` (a range that matches it with q > 0)."""
+    main = media_type.split("/")[0]
+    for item in accept.split(","):
+        media_range, *params = (piece.strip() for piece in item.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and media_range.lower() in (media_type, f"{main}/*", "*/*"):
+            return True
+    return False
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

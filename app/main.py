@@ -21,6 +21,7 @@ from app.errors import ErrorGuardMiddleware, install_error_handlers
 from app.gallery.routes import gallery_router
 from app.gallery.service import Gallery, served_model
 from app.metrics import Metrics, MetricsMiddleware
+from app.openapi import install_openapi
 from app.routes import faces, model_info, operations
 from app.settings import Settings
 from app.web import install_web_page
@@ -31,11 +32,15 @@ logger = logging.getLogger("drface.app")
 DESCRIPTION = """
 Face embeddings, verification and DRConv region maps from a DRConv-MobileFaceNet.
 
-* Send photos as **multipart file uploads** (`image`, or `image1` + `image2`) or as **JSON with base64
-  strings** (same field names). Options go in the same form / JSON object.
+* Send photos as **multipart file uploads** (`image`, or `image1` + `image2`) to `/v1/embed`, `/v1/verify`,
+  `/v1/region-map` and `/v1/region-map/png`, or as **JSON with base64 strings** (same field names) to
+  `/v1/embed/json`, `/v1/verify/json` and `/v1/region-map/json`. Options go in the same form / JSON object.
+  (The multipart paths also read a JSON body, for older clients.)
 * "The" face of a photo is the one with the **largest box**; every list of faces is ordered largest first.
 * Errors always look like `{"error": {"code": "...", "message": "..."}}`.
-* When the server has API keys (`DRFACE_API_KEYS`), every `/v1` route needs the `X-API-Key` header.
+* When the server has API keys (`DRFACE_API_KEYS`), every `/v1` route needs the `X-API-Key` header; this
+  schema then declares it.
+* Generate a client from this schema: `openapi-python-client generate --url .../openapi.json` (docs/api.md).
 """
 
 
@@ -87,7 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def request_body_limit(settings: Settings, path: str) -> int:
     """Body bytes allowed on `path`: room for two images on /v1/verify, one elsewhere."""
-    return settings.max_request_bytes(2 if path.rstrip("/") == "/v1/verify" else 1)
+    return settings.max_request_bytes(2 if path.rstrip("/") in ("/v1/verify", "/v1/verify/json") else 1)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -127,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (faces.router, model_info.router, gallery_router, operations.router):
         app.include_router(router)
     install_web_page(app)
+    install_openapi(app, settings)
     return app
 
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.errors import ERROR_CODES
 from app.thresholds import ThresholdChoice
 
 _B64_DESCRIPTION = (
     "The photo (JPEG, PNG, WebP, BMP or single-frame GIF), base64-encoded; a `data:image/...;base64,` prefix "
     "and line breaks are allowed. No URLs: the server never fetches anything."
 )
+_FILE_DESCRIPTION = (
+    "The photo file (JPEG, PNG, WebP, BMP or single-frame GIF). A part without a filename "
+    "(`curl -F 'image=<photo.jpg'`) is read as the file too."
+)
+# Image strings of the JSON bodies: standard base64 (JSON Schema's contentEncoding, OpenAPI's `format: byte`).
+_BASE64_IMAGE = {"contentEncoding": "base64"}
+_FILE_PART = {"format": "binary"}
 _ALIGNED_DESCRIPTION = (
     "True when the photo is already a 112x112 face crop aligned to the ArcFace 5-point template: detection "
     "is skipped. Any other size is refused (422)."
@@ -40,11 +49,19 @@ class VerifyOptions(BaseModel):
     )
 
 
-class RegionMapOptions(BaseModel):
+class RegionMapChoice(BaseModel):
+    """Which face of the photo `/v1/region-map` and `/v1/region-map/png` show."""
+
     model_config = ConfigDict(extra="forbid")
 
     aligned: bool = Field(False, description=_ALIGNED_DESCRIPTION)
     face_index: int = Field(0, ge=0, description="Which face, by size: 0 = the largest.")
+
+
+class RegionMapOptions(RegionMapChoice):
+    """What the region-map routes read: `format` is kept for `curl -F format=png` on `/v1/region-map`;
+    the schema offers `/v1/region-map/png` instead (one response type per operation)."""
+
     format: Literal["json", "png"] = Field(
         "json",
         description="`json`: the masks as integer arrays; `png`: the aligned face overlaid with each layer's "
@@ -52,24 +69,44 @@ class RegionMapOptions(BaseModel):
     )
 
 
-# -- JSON request bodies -----------------------------------------------------------------------------------
-class EmbedRequest(EmbedOptions):
-    """`POST /v1/embed` as JSON."""
+# -- request bodies: multipart forms (file parts) and JSON objects (base64 strings), same field names -------
+# The routes parse bodies themselves (app.inputs); these models are the schema's word for each body.
+class EmbedForm(EmbedOptions):
+    """`POST /v1/embed`: the photo as a multipart file, options as form fields."""
 
-    image: str = Field(description=_B64_DESCRIPTION, examples=["/9j/4AAQSkZJRgABAQAAAQABAAD..."])
+    image: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
+
+
+class EmbedRequest(EmbedOptions):
+    """`POST /v1/embed/json`: the photo as a base64 string."""
+
+    image: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
+
+
+class VerifyForm(VerifyOptions):
+    """`POST /v1/verify`: the two photos as multipart files, options as form fields."""
+
+    image1: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
+    image2: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
 
 
 class VerifyRequest(VerifyOptions):
-    """`POST /v1/verify` as JSON."""
+    """`POST /v1/verify/json`: the two photos as base64 strings."""
 
-    image1: str = Field(description=_B64_DESCRIPTION, examples=["/9j/4AAQSkZJRgABAQAAAQABAAD..."])
-    image2: str = Field(description=_B64_DESCRIPTION, examples=["iVBORw0KGgoAAAANSUhEUgAAAPoAAAD6..."])
+    image1: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
+    image2: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
 
 
-class RegionMapRequest(RegionMapOptions):
-    """`POST /v1/region-map` as JSON."""
+class RegionMapForm(RegionMapChoice):
+    """`POST /v1/region-map` and `/v1/region-map/png`: the photo as a multipart file."""
 
-    image: str = Field(description=_B64_DESCRIPTION, examples=["/9j/4AAQSkZJRgABAQAAAQABAAD..."])
+    image: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
+
+
+class RegionMapRequest(RegionMapChoice):
+    """`POST /v1/region-map/json`: the photo as a base64 string."""
+
+    image: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
 
 
 # -- responses -------------------------------------------------------------------------------------------
@@ -203,13 +240,12 @@ class HealthStatus(BaseModel):
     model: str | None = Field(None, description="Model name and version, once loaded.")
 
 
+ErrorCode = Enum("ErrorCode", {code: code for code in ERROR_CODES}, type=str)
+ErrorCode.__doc__ = "Stable machine-readable error code; docs/api.md says when each is answered."
+
+
 class ErrorDetail(BaseModel):
-    code: str = Field(
-        description="Stable machine-readable code: no_face, bad_image, too_many_faces, unauthorized, "
-        "not_found, method_not_allowed, conflict, no_enrolled_face, model_mismatch, too_large, "
-        "unsupported_media_type, invalid_request, overloaded, not_ready, internal.",
-        examples=["no_face"],
-    )
+    code: ErrorCode = Field(description="Stable machine-readable code.", examples=["no_face"])
     message: str = Field(description="What went wrong, for humans.", examples=["no face found in the image"])
 
 

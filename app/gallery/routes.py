@@ -21,16 +21,16 @@ from app.gallery.index import Candidate
 from app.gallery.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    EnrolForm,
     EnrolledFace,
     EnrolOptions,
-    EnrolRequest,
     EnrolResponse,
     IdentifyCandidate,
+    IdentifyForm,
     IdentifyOptions,
-    IdentifyRequest,
     IdentifyResponse,
+    ProbeForm,
     ProbeOptions,
-    ProbeRequest,
     SubjectCreate,
     SubjectDetail,
     SubjectOut,
@@ -40,9 +40,9 @@ from app.gallery.schemas import (
 from app.gallery.service import Gallery, largest_face, reenrol_advice, served_model
 from app.gallery.store import ModelId, SubjectRecord, TemplateRecord
 from app.inputs import read_request
+from app.openapi import error_responses, multipart_body
 from app.routes.convert import face_out, model_label
 from app.routes.faces import run_job
-from app.routes.openapi import error_responses, photo_request_body
 from app.settings import Settings
 from app.thresholds import resolve_threshold
 
@@ -86,6 +86,7 @@ def enrolled_face(template: TemplateRecord, model: ModelId | None) -> EnrolledFa
 # -- subjects ----------------------------------------------------------------------------------------------
 @gallery_router.post(
     "/subjects",
+    operation_id="create_subject",
     status_code=201,
     response_model=SubjectOut,
     summary="Create a subject (a person to enrol faces for)",
@@ -100,6 +101,7 @@ async def create_subject(body: SubjectCreate, gallery: GalleryDep) -> SubjectOut
 
 @gallery_router.get(
     "/subjects",
+    operation_id="list_subjects",
     response_model=SubjectPage,
     summary="List subjects, a page at a time",
     responses=error_responses(401, 422),
@@ -121,6 +123,7 @@ async def list_subjects(
 
 @gallery_router.get(
     "/subjects/{subject_id}",
+    operation_id="get_subject",
     response_model=SubjectDetail,
     summary="A subject and its enrolled faces",
     responses=error_responses(401, 404),
@@ -137,6 +140,7 @@ async def get_subject(subject_id: SubjectId, request: Request, gallery: GalleryD
 
 @gallery_router.delete(
     "/subjects/{subject_id}",
+    operation_id="delete_subject",
     status_code=204,
     response_class=Response,
     summary="Delete a subject, its templates and any stored photos",
@@ -152,6 +156,7 @@ async def delete_subject(subject_id: SubjectId, gallery: GalleryDep) -> Response
 # -- faces -------------------------------------------------------------------------------------------------
 @gallery_router.post(
     "/subjects/{subject_id}/faces",
+    operation_id="enrol_face",
     status_code=201,
     response_model=EnrolResponse,
     summary="Enrol a photo's face into a subject",
@@ -159,7 +164,7 @@ async def delete_subject(subject_id: SubjectId, gallery: GalleryDep) -> Response
         **_PHOTO_ERRORS,
         200: {"model": EnrolResponse, "description": "This photo was enrolled before."},
     },
-    openapi_extra=photo_request_body(EnrolRequest, EnrolOptions, ("image",)),
+    openapi_extra=multipart_body(EnrolForm),
 )
 async def enrol_face(
     subject_id: SubjectId,
@@ -204,6 +209,7 @@ async def enrol_face(
 
 @gallery_router.delete(
     "/subjects/{subject_id}/faces/{face_id}",
+    operation_id="delete_face",
     status_code=204,
     response_class=Response,
     summary="Delete one enrolled face and its stored photo",
@@ -223,10 +229,11 @@ async def delete_face(
 # -- 1:1 and 1:N -----------------------------------------------------------------------------------------
 @gallery_router.post(
     "/subjects/{subject_id}/verify",
+    operation_id="verify_subject",
     response_model=SubjectVerifyResponse,
     summary="Is the face of this photo the enrolled subject?",
     responses=_PHOTO_ERRORS,
-    openapi_extra=photo_request_body(ProbeRequest, ProbeOptions, ("image",)),
+    openapi_extra=multipart_body(ProbeForm),
 )
 async def verify_subject(
     subject_id: SubjectId, request: Request, engine: ReadyEngine, gallery: GalleryDep, settings: SettingsDep
@@ -262,10 +269,11 @@ async def verify_subject(
 
 @gallery_router.post(
     "/identify",
+    operation_id="identify",
     response_model=IdentifyResponse,
     summary="Who of the enrolled subjects is this? (1:N)",
     responses=_PHOTO_ERRORS,
-    openapi_extra=photo_request_body(IdentifyRequest, IdentifyOptions, ("image",)),
+    openapi_extra=multipart_body(IdentifyForm),
 )
 async def identify(
     request: Request, engine: ReadyEngine, gallery: GalleryDep, settings: SettingsDep

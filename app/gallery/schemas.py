@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas import FaceOut, VerifyOptions
+from app.schemas import _BASE64_IMAGE, _FILE_DESCRIPTION, _FILE_PART, FaceOut, VerifyOptions
 from app.thresholds import ThresholdChoice
 
 SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -90,22 +90,40 @@ class IdentifyOptions(ProbeOptions):
     )
 
 
-class EnrolRequest(EnrolOptions):
-    """`POST /v1/subjects/{id}/faces` as JSON."""
+class EnrolForm(EnrolOptions):
+    """`POST /v1/subjects/{id}/faces`: the photo as a multipart file, options as form fields."""
 
-    image: str = Field(description=_B64_DESCRIPTION)
+    image: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
+
+
+class EnrolRequest(EnrolOptions):
+    """`POST /v1/subjects/{id}/faces` as JSON (the same path reads it)."""
+
+    image: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
+
+
+class ProbeForm(ProbeOptions):
+    """`POST /v1/subjects/{id}/verify`: the photo as a multipart file, options as form fields."""
+
+    image: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
 
 
 class ProbeRequest(ProbeOptions):
-    """`POST /v1/subjects/{id}/verify` as JSON."""
+    """`POST /v1/subjects/{id}/verify` as JSON (the same path reads it)."""
 
-    image: str = Field(description=_B64_DESCRIPTION)
+    image: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
+
+
+class IdentifyForm(IdentifyOptions):
+    """`POST /v1/identify`: the photo as a multipart file, options as form fields."""
+
+    image: bytes = Field(description=_FILE_DESCRIPTION, json_schema_extra=_FILE_PART)
 
 
 class IdentifyRequest(IdentifyOptions):
-    """`POST /v1/identify` as JSON."""
+    """`POST /v1/identify` as JSON (the same path reads it)."""
 
-    image: str = Field(description=_B64_DESCRIPTION)
+    image: str = Field(description=_B64_DESCRIPTION, json_schema_extra=_BASE64_IMAGE)
 
 
 # -- photo routes: responses ---------------------------------------------------------------------------

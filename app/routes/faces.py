@@ -15,17 +15,20 @@ from pydantic import BaseModel
 
 from app.dependencies import ReadyEngine, SettingsDep, require_api_key
 from app.engine import EmbeddedFace, LayerMask
-from app.inputs import read_request
+from app.inputs import png_media_type, read_request
+from app.openapi import PNG_RESPONSE, error_responses, json_body, multipart_body
 from app.region_png import render_region_png
 from app.routes.convert import face_out, layer_out, model_label
-from app.routes.openapi import IMAGE_ERRORS, photo_request_body
 from app.schemas import (
+    EmbedForm,
     EmbedOptions,
     EmbedRequest,
     EmbedResponse,
+    RegionMapForm,
     RegionMapOptions,
     RegionMapRequest,
     RegionMapResponse,
+    VerifyForm,
     VerifyOptions,
     VerifyRequest,
     VerifyResponse,
@@ -55,26 +58,43 @@ async def run_job(
     return result, round(seconds * 1000, 2)
 
 
+IMAGE_ERRORS = error_responses(400, 401, 408, 413, 415, 422, 429, 503)
+
+
+class PNGResponse(Response):
+    media_type = "image/png"
+
+
 def photo_route(
     path: str,
+    operation_id: str,
     summary: str,
     response_model: type[BaseModel],
+    form: type[BaseModel],
     body: type[BaseModel],
-    options: type[BaseModel],
-    files: tuple[str, ...],
-    responses: dict[int | str, dict[str, Any]] = IMAGE_ERRORS,
 ) -> Callable[[RouteFunction], RouteFunction]:
-    """Register a POST route that takes photos: `body` (JSON, base64) or multipart `files` + `options`."""
-    return router.post(
-        path,
-        response_model=response_model,
-        summary=summary,
-        responses=responses,
-        openapi_extra=photo_request_body(body, options, files),
-    )
+    """Register a POST route that takes photos twice, one body type per operation: `path` documents the
+    multipart `form`, `path/json` the base64 JSON `body` (both paths read both; see app.inputs)."""
+
+    def register(function: RouteFunction) -> RouteFunction:
+        for route_path, route_id, route_summary, extra in (
+            (f"{path}/json", f"{operation_id}_json", f"{summary} (base64 JSON)", json_body(body)),
+            (path, operation_id, f"{summary} (multipart upload)", multipart_body(form)),
+        ):
+            router.post(
+                route_path,
+                operation_id=route_id,
+                response_model=response_model,
+                summary=route_summary,
+                responses=IMAGE_ERRORS,
+                openapi_extra=extra,
+            )(function)
+        return function
+
+    return register
 
 
-@photo_route("/embed", "Embed every face of a photo", EmbedResponse, EmbedRequest, EmbedOptions, ("image",))
+@photo_route("/embed", "embed", "Embed every face of a photo", EmbedResponse, EmbedForm, EmbedRequest)
 async def embed(request: Request, engine: ReadyEngine, settings: SettingsDep) -> EmbedResponse:
     """Detect every face (largest box first: `faces[0]` is "the" face), align each to 112x112 and return
     its embedding. Send `image` as a multipart file or as base64 in JSON."""
@@ -95,11 +115,11 @@ async def embed(request: Request, engine: ReadyEngine, settings: SettingsDep) ->
 
 @photo_route(
     "/verify",
+    "verify",
     "Are the faces of two photos the same person?",
     VerifyResponse,
+    VerifyForm,
     VerifyRequest,
-    VerifyOptions,
-    ("image1", "image2"),
 )
 async def verify(request: Request, engine: ReadyEngine, settings: SettingsDep) -> VerifyResponse:
     """Embed the largest face of `image1` and of `image2` and compare them: `similarity` is their cosine
@@ -123,34 +143,39 @@ async def verify(request: Request, engine: ReadyEngine, settings: SettingsDep) -
     )
 
 
+@router.post(
+    "/region-map/png",
+    operation_id="region_map_png",
+    response_class=PNGResponse,
+    summary="Region maps as a PNG picture (multipart upload)",
+    responses={
+        **error_responses(400, 401, 406, 408, 413, 415, 422, 429, 503),
+        200: PNG_RESPONSE,
+    },
+    openapi_extra=multipart_body(RegionMapForm),
+)
 @photo_route(
     "/region-map",
+    "region_map",
     "Which DRConv filter serves which part of the face",
     RegionMapResponse,
+    RegionMapForm,
     RegionMapRequest,
-    RegionMapOptions,
-    ("image",),
-    responses={
-        **IMAGE_ERRORS,
-        200: {
-            "description": "JSON masks, or with `format=png` a PNG picture of them.",
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-        },
-    },
 )
 async def region_map(request: Request, engine: ReadyEngine, settings: SettingsDep) -> Any:
     """For face `face_index` (0 = largest), every DRConv layer's guided mask: each cell of the layer's
     feature map belongs to one of `regions` regions, and each region has its own filter."""
     options, images = await read_request(request, RegionMapOptions, ("image",), settings.max_upload_bytes)
+    png_type = png_media_type(request, options.format, "format" in options.model_fields_set)
 
     def job() -> tuple[AlignedFace, list[LayerMask], bytes | None]:
         face, layers = engine.region_map(images["image"], options.aligned, options.face_index)
-        picture = render_region_png(face.aligned, layers) if options.format == "png" else None
+        picture = render_region_png(face.aligned, layers) if png_type else None
         return face, layers, picture
 
     (face, layers, picture), time_ms = await run_job(request, "region_map", job)
     if picture is not None:
-        return Response(content=picture, media_type="image/png")
+        return Response(content=picture, media_type=png_type)
     return RegionMapResponse(
         face=face_out(face),
         layers=[layer_out(layer) for layer in layers],

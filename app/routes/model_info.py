@@ -6,8 +6,8 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from app.dependencies import ReadyEngine, SettingsDep, require_api_key
+from app.openapi import error_responses
 from app.region_png import region_colors_hex
-from app.routes.openapi import error_responses
 from app.schemas import ModelInfo
 from app.thresholds import resolve_threshold
 from model.align import ARCFACE_TEMPLATE_112
@@ -16,7 +16,11 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=[
 
 
 @router.get(
-    "/model", response_model=ModelInfo, summary="The served model", responses=error_responses(401, 503)
+    "/model",
+    operation_id="get_model",
+    response_model=ModelInfo,
+    summary="The served model",
+    responses=error_responses(401, 503),
 )
 async def model_info(engine: ReadyEngine, settings: SettingsDep) -> ModelInfo:
     """Name, version, architecture, thresholds and evaluation results, from the model card."""

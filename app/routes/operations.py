@@ -10,8 +10,8 @@ from fastapi import APIRouter, Request, Response
 from app.dependencies import ReadyEngine
 from app.engine import Engine
 from app.errors import NotReadyError
+from app.openapi import error_responses
 from app.routes.convert import model_label
-from app.routes.openapi import error_responses
 from app.schemas import HealthStatus
 
 router = APIRouter(tags=["operations"])
@@ -24,7 +24,7 @@ def probe(path: str, summary: str, **documentation: Any) -> Callable[[RouteFunct
 
     def register(function: RouteFunction) -> RouteFunction:
         router.head(path, include_in_schema=False)(function)
-        return router.get(path, summary=summary, **documentation)(function)
+        return router.get(path, operation_id=function.__name__, summary=summary, **documentation)(function)
 
     return register
 
@@ -49,7 +49,9 @@ async def readyz(engine: ReadyEngine) -> HealthStatus:
     "/metrics",
     "Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}
+    },
 )
 async def metrics(request: Request) -> Response:
     """Request counts and latency by route and status, pipeline time, faces detected, errors by code."""

@@ -10,7 +10,16 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testkit import PERSON_A, PERSON_B, cfp_photo, jpeg, running_app, square_photo, uvicorn_server
+from service_testkit import (
+    KEYED_SERVER_KEY,
+    PERSON_A,
+    PERSON_B,
+    cfp_photo,
+    jpeg,
+    running_app,
+    square_photo,
+    uvicorn_server,
+)
 from throwaway_postgres import PostgresUnavailable, fresh_database, throwaway_postgres
 
 
@@ -64,3 +73,10 @@ def gallery_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gallery.sqlite3'}"
     return fresh_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture(scope="session")
+def keyed_server_url(cfp_root: Path) -> Iterator[str]:
+    """Base URL of a real uvicorn server whose one API key is KEYED_SERVER_KEY."""
+    with uvicorn_server(DRFACE_TORCH_THREADS="1", DRFACE_API_KEYS=KEYED_SERVER_KEY) as url:
+        yield url

@@ -29,6 +29,7 @@ READY_TIMEOUT_S = 90.0
 # CFP frontal photos whose face the detector finds with a score > 0.99 (checked by test_api).
 PERSON_A = "001/frontal/01.jpg"
 PERSON_B = "002/frontal/01.jpg"
+KEYED_SERVER_KEY = "contract-test-key"  # the API key of conftest's keyed_server_url
 PHOTO_SIDE = 250  # the load test's and these tests' photo size, like the LFW-style crops
 
 

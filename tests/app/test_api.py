@@ -235,14 +235,19 @@ def test_metrics_count_requests_faces_and_errors(client, face_a) -> None:
     assert "drface_inference_duration_seconds_count" in after and "drface_ready 1.0" in after
 
 
-def test_openapi_documents_both_body_types_and_the_error_shape(client) -> None:
+def test_openapi_gives_each_body_type_its_own_operation_and_documents_the_error_shape(client) -> None:
     spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
     for path, files in (("/v1/embed", ["image"]), ("/v1/verify", ["image1", "image2"])):
-        content = spec["paths"][path]["post"]["requestBody"]["content"]
-        assert set(content) == {"multipart/form-data", "application/json"}
-        assert content["multipart/form-data"]["schema"]["required"] == files
-        assert set(files) <= set(content["application/json"]["schema"]["required"])
-    assert "ErrorResponse" in spec["components"]["schemas"]
+        form = spec["paths"][path]["post"]["requestBody"]["content"]
+        body = spec["paths"][f"{path}/json"]["post"]["requestBody"]["content"]
+        assert set(form) == {"multipart/form-data"} and set(body) == {"application/json"}
+        form_model = schemas[form["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]]
+        json_model = schemas[body["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]]
+        assert set(files) <= set(form_model["required"]) and set(files) <= set(json_model["required"])
+        assert {form_model["properties"][name]["format"] for name in files} == {"binary"}
+        assert {json_model["properties"][name]["contentEncoding"] for name in files} == {"base64"}
+    assert "ErrorResponse" in schemas and "not_ready" in schemas["ErrorCode"]["enum"]
     assert spec["components"]["schemas"]["FaceOut"]["properties"]["embedding"]["description"]
     assert client.get("/docs").status_code == 200
 
