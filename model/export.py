@@ -19,14 +19,14 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.align import FACE_SIZE, faces_to_tensor
+from model.align import FACE_SIZE
 from model.artifact import DEFAULT_OPERATING_POINT, LoadedModel, ModelCard, write_atomic
+from model.decode import ImageError
 from model.mobilefacenet import INPUT_SIZE, MobileFaceNet
 from model.onnx_backend import (
     CARD_KEY,
@@ -36,6 +36,7 @@ from model.onnx_backend import (
     OnnxNetwork,
     region_map_output,
 )
+from model.pipeline import CROP_LIMITS, FaceError, faces_to_tensor, read_aligned_crop
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # GatherElements, ArgMax and the ReduceMean / Split forms the exporter writes
@@ -142,11 +143,12 @@ def load_aligned_faces(folder: Path, limit: int = 16) -> torch.Tensor:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     faces = []
     for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is not None and image.shape[:2] == (FACE_SIZE, FACE_SIZE):
-            faces.append(image)
-            if len(faces) == limit:
-                break
+        try:
+            faces.append(read_aligned_crop(path.read_bytes(), CROP_LIMITS))
+        except (ImageError, FaceError):  # not a readable 112x112 crop: skipped
+            continue
+        if len(faces) == limit:
+            break
     if not faces:
         raise ExportError(f"no {FACE_SIZE}x{FACE_SIZE} aligned face images (.jpg/.png) in {folder}")
     return faces_to_tensor(faces)

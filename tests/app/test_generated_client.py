@@ -185,3 +185,28 @@ def test_with_keys_a_client_without_the_key_gets_401(generated) -> None:
     assert answer.status_code == 401
     assert answer.parsed.error.code == submodule(package, "models").ErrorCode.UNAUTHORIZED
     assert answer.headers["www-authenticate"] == "ApiKey"
+
+
+def test_gallery_enrol_verify_identify_delete(generated, face_a: bytes, face_b: bytes) -> None:
+    package, client = generated
+    models = submodule(package, "models")
+    api = lambda name: submodule(package, f"api.gallery.{name}")  # noqa: E731
+    subject = api("create_subject").sync(client=client, body=models.SubjectCreate(name="person A"))
+    assert isinstance(subject, models.SubjectOut), subject
+    enrolled = api("enrol_face").sync(
+        subject.id, client=client, body=models.EnrolForm(image=photo_file(package, face_a))
+    )
+    assert isinstance(enrolled, models.EnrolResponse), enrolled
+    assert enrolled.created and enrolled.subject_id == subject.id
+    same = api("verify_subject").sync(
+        subject.id, client=client, body=models.ProbeForm(image=photo_file(package, face_a))
+    )
+    other = api("verify_subject").sync(
+        subject.id, client=client, body=models.ProbeForm(image=photo_file(package, face_b))
+    )
+    assert same.verified and not other.verified and other.similarity < same.similarity
+    found = api("identify").sync(client=client, body=models.IdentifyForm(image=photo_file(package, face_a)))
+    assert found.result == models.IdentifyResponseResult.MATCH and found.subject_id == subject.id
+    assert api("delete_subject").sync_detailed(subject.id, client=client).status_code == 204
+    missing = api("get_subject").sync_detailed(subject.id, client=client)
+    assert missing.status_code == 404 and missing.parsed.error.code == models.ErrorCode.NOT_FOUND
