@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,39 @@ def test_soak_run_reports_answers_memory_logs_and_readiness(data_root, tmp_path)
     for row in ("answers", "valid requests, latency", "server RSS", "server log", "`/readyz`"):
         assert f"| {row} |" in report
     assert "**5xx 0**" in report
+
+
+def _run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DRFACE_TORCH_THREADS": "1"},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_stage_breakdown_prints_every_stage_for_embed_and_verify(data_root):
+    result = _run_benchmark(
+        "stage_breakdown.py", "--requests", "2", "--photos", "2", "--data-root", str(data_root)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| ms per request (p50) | `/v1/embed` | `/v1/verify` |" in result.stdout
+    for stage in ("decode", "detect", "align", "tensor", "network", "serialisation", "HTTP", "**total"):
+        assert any(line.startswith(f"| {stage}") for line in result.stdout.splitlines()), stage
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_peer_compare_reports_both_libraries_and_their_ratio(data_root):
+    pytest.importorskip("face_recognition", reason="the bench extra: make bench-install")
+    result = _run_benchmark(
+        "peer_compare.py", "--photos", "2", "--rounds", "1", "--data-root", str(data_root)
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert "| drface" in rows and "| face_recognition (dlib)" in rows
+    assert "drface / face_recognition:" in result.stdout
