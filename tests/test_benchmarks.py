@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -88,3 +89,28 @@ def test_peer_compare_reports_both_libraries_and_their_ratio(data_root):
     rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
     assert "| drface" in rows and "| face_recognition (dlib)" in rows
     assert "drface / face_recognition:" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_flip_features_and_network_times_cover_both_embeddings(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_flip
+    from drface_steps import DrfaceSteps
+
+    steps = DrfaceSteps()
+    faces = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    plain, mirrored = bench_flip.features(steps, faces, batch_size=2)
+    assert plain.shape == mirrored.shape == (3, steps.embedding_dim)
+    served = steps.network(steps.tensor(list(faces)))
+    summed = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
+    np.testing.assert_allclose(summed, served, atol=1e-4)  # f(x) + f(mirror) is what the service embeds
+    assert set(bench_flip.network_ms(steps, faces[0], repeats=1)) == {True, False}
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_bench_detect_scale_reports_every_variant_against_today(data_root):
+    result = _run_benchmark("bench_detect_scale.py", "--every", "1000", "--data-root", str(data_root))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| today") or "px |" in line]
+    assert len(rows) == 4  # today + the three default sides
