@@ -11,7 +11,6 @@ This file is the benchmarks' only way into the pipeline's internals. Issue #20 m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -29,17 +28,28 @@ from model.embed import embed_faces
 STEPS = ("decode", "detect", "align", "tensor", "network")
 
 
-@dataclass
 class StepTimes:
-    """Milliseconds per step of one call, in `STEPS` order (a step that did not run is absent)."""
+    """Wall and CPU milliseconds per step, in `STEPS` order (a step that did not run is absent).
 
-    ms: dict[str, float] = field(default_factory=dict)
+    CPU time is this process's (all threads): unlike wall time it hardly grows when other programs take the
+    cores, so on a shared machine it shows what a step costs.
+    """
 
-    def add(self, step: str, start: float) -> float:
-        """Record the time since `start` (perf_counter seconds) under `step`; returns perf_counter now."""
-        now = time.perf_counter()
-        self.ms[step] = self.ms.get(step, 0.0) + (now - start) * 1000
-        return now
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self.cpu_ms: dict[str, float] = {}
+        self.start()
+
+    def start(self) -> None:
+        """Start timing the next step now."""
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def add(self, step: str) -> None:
+        """Add the time since the last `start` / `add` to `step`, and start the next step."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.ms[step] = self.ms.get(step, 0.0) + (wall - self._wall) * 1000
+        self.cpu_ms[step] = self.cpu_ms.get(step, 0.0) + (cpu - self._cpu) * 1000
+        self._wall, self._cpu = wall, cpu
 
 
 class DrfaceSteps:
@@ -78,19 +88,19 @@ class DrfaceSteps:
         """/v1/embed's work on one photo: (N, D) embeddings of its `limit` largest faces (all by default;
         (0, D) when it has none). With `times`, each step's milliseconds are added to it."""
         times = times if times is not None else StepTimes()
-        start = time.perf_counter()
+        times.start()
         image = self.decode(data)
-        start = times.add("decode", start)
+        times.add("decode")
         detections = self.detector.detect(image)[:limit]
-        start = times.add("detect", start)
+        times.add("detect")
         if not detections:
             return np.zeros((0, self.embedding_dim), np.float32)
         aligned = [align_face(image, d.landmarks) for d in detections]
-        start = times.add("align", start)
+        times.add("align")
         batch = self.tensor(aligned)
-        start = times.add("tensor", start)
+        times.add("tensor")
         embeddings = self.network(batch, flip=flip)
-        times.add("network", start)
+        times.add("network")
         return embeddings
 
     def verify_photos(
@@ -101,18 +111,18 @@ class DrfaceSteps:
         times = times if times is not None else StepTimes()
         aligned = []
         for data in (data1, data2):
-            start = time.perf_counter()
+            times.start()
             image = self.decode(data)
-            start = times.add("decode", start)
+            times.add("decode")
             detections = self.detector.detect(image)
-            start = times.add("detect", start)
+            times.add("detect")
             if not detections:
                 raise ValueError("no face found")
             aligned.append(align_face(image, detections[0].landmarks))
-            times.add("align", start)
-        start = time.perf_counter()
+            times.add("align")
+        times.start()
         batch = self.tensor(aligned)
-        start = times.add("tensor", start)
+        times.add("tensor")
         embeddings = self.network(batch, flip=flip)
-        times.add("network", start)
+        times.add("network")
         return embeddings

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -69,9 +68,13 @@ def serialise(endpoint: str, embeddings: np.ndarray) -> bytes:
     return json.dumps(response.model_dump(mode="json"), separators=(",", ":")).encode()
 
 
-def in_process(steps: DrfaceSteps, photos: list[bytes], endpoint: str, requests: int) -> dict[str, float]:
-    """Median ms per request of each step, of the network without flip, and of serialisation."""
-    samples: dict[str, list[float]] = {name: [] for name in (*STEPS, "network, no flip", "serialisation")}
+def in_process(
+    steps: DrfaceSteps, photos: list[bytes], endpoint: str, requests: int
+) -> dict[str, tuple[float, float]]:
+    """{step: (median wall ms, median CPU ms)} per request, for each step, the network without flip and
+    serialisation."""
+    names = (*STEPS, "network, no flip", "serialisation")
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for i in range(requests + WARM_UP):
         times = StepTimes()
         if endpoint == "/v1/embed":
@@ -79,19 +82,15 @@ def in_process(steps: DrfaceSteps, photos: list[bytes], endpoint: str, requests:
         else:
             embeddings = steps.verify_photos(photos[i % len(photos)], second_photo(photos, i), times=times)
         batch = steps.tensor([np.zeros((112, 112, 3), np.uint8)] * len(embeddings))
-        start = time.perf_counter()
+        times.start()
         steps.network(batch, flip=False)
-        no_flip_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
+        times.add("network, no flip")
         serialise(endpoint, embeddings)
-        serialise_ms = (time.perf_counter() - start) * 1000
-        if i < WARM_UP:
-            continue
-        for name in STEPS:
-            samples[name].append(times.ms[name])
-        samples["network, no flip"].append(no_flip_ms)
-        samples["serialisation"].append(serialise_ms)
-    return {name: float(np.median(values)) for name, values in samples.items()}
+        times.add("serialisation")
+        if i >= WARM_UP:
+            for name in names:
+                samples[name].append((times.ms[name], times.cpu_ms[name]))
+    return {name: tuple(np.median(values, axis=0)) for name, values in samples.items()}
 
 
 async def over_http(url: str, photos: list[bytes], requests: int, pid: int) -> dict[str, dict[str, float]]:
@@ -114,8 +113,8 @@ async def over_http(url: str, photos: list[bytes], requests: int, pid: int) -> d
     return measured
 
 
-def table(stages: dict[str, dict[str, float]], http: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per stage, one column per endpoint."""
+def table(stages: dict[str, dict[str, tuple[float, float]]], http: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per stage; wall and CPU ms per endpoint (CPU: this process or the server's)."""
     labels = {
         "decode": "decode (JPEG -> BGR)",
         "detect": "detect (RetinaFace, incl. resize + second pass)",
@@ -123,27 +122,31 @@ def table(stages: dict[str, dict[str, float]], http: dict[str, dict[str, float]]
         "tensor": "tensor (uint8 BGR -> float RGB)",
         "network": "network (image + flip, one batch)",
     }
+    nan = float("nan")
     rows = [(label, [stages[e][name] for e in ENDPOINTS]) for name, label in labels.items()]
+    pipeline = [tuple(sum(stages[e][s][k] for s in STEPS) for k in (0, 1)) for e in ENDPOINTS]
     rows += [
-        ("= pipeline, in process", [sum(stages[e][s] for s in STEPS) for e in ENDPOINTS]),
-        ("pipeline in the server (`time_ms`)", [http[e]["server"] for e in ENDPOINTS]),
+        ("= pipeline, in process", pipeline),
+        ("pipeline in the server (`time_ms`)", [(http[e]["server"], nan) for e in ENDPOINTS]),
         ("serialisation (response model -> JSON)", [stages[e]["serialisation"] for e in ENDPOINTS]),
         (
             "HTTP + multipart + framework + thread hand-off",
-            [http[e]["outside"] - stages[e]["serialisation"] for e in ENDPOINTS],
+            [(http[e]["outside"] - stages[e]["serialisation"][0], nan) for e in ENDPOINTS],
         ),
-        ("**total, client p50**", [http[e]["total"] for e in ENDPOINTS]),
-        ("server CPU ms per request", [http[e]["cpu"] for e in ENDPOINTS]),
+        (
+            "**total, client p50** (CPU: the server's, per request)",
+            [(http[e]["total"], http[e]["cpu"]) for e in ENDPOINTS],
+        ),
         (
             "network without flip (image only), for comparison",
             [stages[e]["network, no flip"] for e in ENDPOINTS],
         ),
     ]
-    lines = [
-        "| ms per request (p50) | " + " | ".join(f"`{e}`" for e in ENDPOINTS) + " |",
-        "| --- | --- | --- |",
-    ]
-    lines += [f"| {label} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for label, values in rows]
+    header = " | ".join(f"`{e}` wall | `{e}` CPU" for e in ENDPOINTS)
+    lines = [f"| ms per request (p50) | {header} |", "| --- | --- | --- | --- | --- |"]
+    for label, values in rows:
+        cells = " | ".join("-" if np.isnan(v) else f"{v:.1f}" for pair in values for v in pair)
+        lines.append(f"| {label} | {cells} |")
     return "\n".join(lines)
 
 
