@@ -2,7 +2,8 @@
 
 decode -> detect -> align (largest face first, every face for /v1/embed) -> tensor -> network (image + flip).
 Each step is the function the service itself calls, with the service's default settings, threads and traced
-network, so a benchmark that times `DrfaceSteps` times what `drface serve` runs.
+network, so a benchmark that times `DrfaceSteps` times what `drface serve` runs. The settings are read from
+the DRFACE_* environment like the server's (DRFACE_TORCH_THREADS=1: one torch thread in both).
 
 This file is the benchmarks' only way into the pipeline's internals. Issue #20 moves `faces_to_tensor` to
 `model.pipeline` and `trace_for_inference` to `model.trace`: re-point the imports below and nothing else.

@@ -73,7 +73,8 @@ def test_stage_breakdown_prints_every_stage_for_embed_and_verify(data_root):
         "stage_breakdown.py", "--requests", "2", "--photos", "2", "--data-root", str(data_root)
     )
     assert result.returncode == 0, result.stderr
-    assert "| ms per request (p50) | `/v1/embed` | `/v1/verify` |" in result.stdout
+    columns = ("`/v1/embed` wall", "`/v1/embed` CPU", "`/v1/verify` wall", "`/v1/verify` CPU")
+    assert f"| ms per request (p50) | {' | '.join(columns)} |" in result.stdout
     for stage in ("decode", "detect", "align", "tensor", "network", "serialisation", "HTTP", "**total"):
         assert any(line.startswith(f"| {stage}") for line in result.stdout.splitlines()), stage
 
@@ -114,3 +115,13 @@ def test_bench_detect_scale_reports_every_variant_against_today(data_root):
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| today") or "px |" in line]
     assert len(rows) == 4  # today + the three default sides
+
+
+@pytest.mark.slow
+def test_bench_network_batch_times_every_batch_size_per_face(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_network_batch
+    from drface_steps import DrfaceSteps
+
+    timed = bench_network_batch.per_face_ms(DrfaceSteps(), [1, 3], repeats=1)
+    assert set(timed) == {1, 3} and all(wall > 0 and cpu >= 0 for wall, cpu in timed.values())
