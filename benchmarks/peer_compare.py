@@ -158,7 +158,7 @@ def compare_cfp(steps: DrfaceSteps, face_recognition, cfp_root: Path, cache_dir:
         for split, protocol in cfp.protocols.items():
             report = evaluate_embeddings(embeddings, protocol.pairs, protocol.labels, protocol.folds)
             print(
-                f"| {name} | CFP-{split} | {100 * report['accuracy']:.2f} "
+                f"| {name} | {split} | {100 * report['accuracy']:.2f} "
                 f"| {100 * report['accuracy_std']:.2f} | {report['auc']:.4f} | {100 * report['eer']:.2f} |"
             )
 
