@@ -142,7 +142,7 @@ def compare_cfp(steps: DrfaceSteps, face_recognition, cfp_root: Path, cache_dir:
         f"drface: {len(cfp.images)} CFP photos aligned (cache: {cache_dir}) and embedded in {drface_s:.0f} s"
     )
     start = time.perf_counter()
-    # Processes, not threads: a run with 2 threads sharing face_recognition's dlib models died without an error.
+    # Processes, not threads: a run with 2 threads sharing face_recognition's dlib models died silently.
     with ProcessPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(peer_embed_path, cfp.images, chunksize=50))
     peer_s = time.perf_counter() - start
