@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: install serve test lint bench container-test
+.PHONY: install serve test lint bench bench-install container-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The peer library of benchmarks/peer_compare.py (face_recognition on dlib), into the same venv; bench only.
+bench-install: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/pip install --quiet --no-deps "face_recognition==1.3.0"
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -177,7 +177,12 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not become ready in 120 s")
 
 
-def _load_average() -> str:
+def default_data_root() -> Path:
+    """$DRFACE_DATA_ROOT, else the shared data beside the repository."""
+    return Path(os.environ.get("DRFACE_DATA_ROOT", str(REPO_ROOT.parent / "shared" / "data")))
+
+
+def load_average() -> str:
     """1, 5 and 15 minute load averages: how much else ran on the machine during the test."""
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -186,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    default_root = os.environ.get("DRFACE_DATA_ROOT", str(REPO_ROOT.parent / "shared" / "data"))
-    parser.add_argument("--data-root", type=Path, default=Path(default_root), help="folder holding cfp/")
+    parser.add_argument("--data-root", type=Path, default=default_data_root(), help="folder holding cfp/")
     parser.add_argument("--url", help="test a running server instead of starting one")
     parser.add_argument("--api-key", help="X-API-Key for --url")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
@@ -211,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
         print(f"server {url}; {cpus} CPUs usable, shared by client and server", flush=True)
-        print(f"load average before: {_load_average()}", flush=True)
+        print(f"load average before: {load_average()}", flush=True)
         print(TABLE_HEADER, flush=True)
         pid = process.pid if process is not None else None
         results = asyncio.run(run_all(url, args.api_key, photos, args.concurrency, args.requests, pid))
-        print(f"load average after: {_load_average()}")
+        print(f"load average after: {load_average()}")
         print("\nfull table:")
         print(TABLE_HEADER)
         for result in results:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -81,3 +83,75 @@ def test_bench_identify_prints_one_row_per_gallery_size():
         if line.startswith("| 1,000 |") or line.startswith("| 3,000 |")
     ]
     assert len(rows) == 2
+
+
+def _run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "DRFACE_TORCH_THREADS": "1"},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_stage_breakdown_prints_every_stage_for_embed_and_verify(data_root):
+    result = _run_benchmark(
+        "stage_breakdown.py", "--requests", "2", "--photos", "2", "--data-root", str(data_root)
+    )
+    assert result.returncode == 0, result.stderr
+    columns = ("`/v1/embed` wall", "`/v1/embed` CPU", "`/v1/verify` wall", "`/v1/verify` CPU")
+    assert f"| ms per request (p50) | {' | '.join(columns)} |" in result.stdout
+    for stage in ("decode", "detect", "align", "tensor", "network", "serialisation", "HTTP", "**total"):
+        assert any(line.startswith(f"| {stage}") for line in result.stdout.splitlines()), stage
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_peer_compare_reports_both_libraries_and_their_ratio(data_root):
+    pytest.importorskip("face_recognition", reason="the bench extra: make bench-install")
+    result = _run_benchmark(
+        "peer_compare.py", "--photos", "2", "--rounds", "1", "--data-root", str(data_root)
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert "| drface" in rows and "| face_recognition (dlib)" in rows
+    assert "drface / face_recognition:" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_flip_features_and_network_times_cover_both_embeddings(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_flip
+    from drface_steps import DrfaceSteps
+
+    steps = DrfaceSteps()
+    faces = np.random.default_rng(0).integers(0, 256, (3, 112, 112, 3), dtype=np.uint8)
+    plain, mirrored = bench_flip.features(steps, faces, batch_size=2)
+    assert plain.shape == mirrored.shape == (3, steps.embedding_dim)
+    served = steps.network(steps.tensor(list(faces)))
+    summed = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
+    np.testing.assert_allclose(summed, served, atol=1e-4)  # f(x) + f(mirror) is what the service embeds
+    assert set(bench_flip.network_ms(steps, faces[0], repeats=1)) == {True, False}
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_bench_detect_scale_reports_every_variant_against_today(data_root):
+    result = _run_benchmark("bench_detect_scale.py", "--every", "1000", "--data-root", str(data_root))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| today") or "px |" in line]
+    assert len(rows) == 4  # today + the three default sides
+
+
+@pytest.mark.slow
+def test_bench_network_batch_times_every_batch_size_per_face(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    import bench_network_batch
+    from drface_steps import DrfaceSteps
+
+    timed = bench_network_batch.per_face_ms(DrfaceSteps(), [1, 3], repeats=1)
+    assert set(timed) == {1, 3} and all(wall > 0 and cpu >= 0 for wall, cpu in timed.values())
