@@ -131,7 +131,8 @@ def compare_speed(steps: DrfaceSteps, face_recognition, photos: list[bytes], rou
 
 
 def compare_cfp(steps: DrfaceSteps, face_recognition, cfp_root: Path, cache_dir: Path | None) -> None:
-    from training.evaluate import embed_aligned_faces, evaluate_embeddings
+    from training.photos import embed_aligned_faces
+    from training.scoring import evaluate_embeddings
     from training.validate import AlignedCfp
 
     cfp = AlignedCfp(cfp_root, ["FF", "FP"], cache_dir, batch_size=16)
