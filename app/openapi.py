@@ -39,6 +39,7 @@ from app.settings import Settings
 from model.align import ARCFACE_TEMPLATE_112
 
 API_KEY_SCHEME = "ApiKey"
+BEARER_SCHEME = "Bearer"
 _REF = "#/components/schemas/{model}"
 _BODY_MODELS: tuple[type[BaseModel], ...] = (
     EmbedForm,
@@ -61,8 +62,15 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         {},
     ),
     401: (
-        "`unauthorized`: the X-API-Key header is missing, wrong or sent more than once.",
-        {"WWW-Authenticate": {"description": "`ApiKey`.", "required": True, "schema": {"type": "string"}}},
+        "`unauthorized`: the key (X-API-Key, or Authorization: Bearer) is missing or wrong, or X-API-Key "
+        "was sent more than once.",
+        {
+            "WWW-Authenticate": {
+                "description": "`ApiKey, Bearer`.",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
     ),
     404: ("`not_found`: no such route (check the base URL), or no such subject or face.", {}),
     405: ("`method_not_allowed`: the route does not take this method.", {}),
