@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="Torch/OpenCV threads per process; empty = the cores this container may use "
-        "(CPU affinity and cgroup quota) divided by `workers`.",
+        description="Torch/OpenCV threads per process; empty = half the cores this container may use "
+        "(CPU affinity and cgroup quota) divided by `workers`, at least 1: the detector, decoding and HTTP "
+        "run beside the network (README, 'Threads').",
     )
     max_concurrent: int = Field(
         1,
@@ -164,10 +165,11 @@ class Settings(BaseSettings):
         return images * math.ceil(self.max_upload_bytes * 4 / 3) + 64 * 1024
 
     def thread_count(self) -> int:
-        """Torch/OpenCV threads per process: `torch_threads`, else available cores / workers (at least 1)."""
+        """Torch/OpenCV threads per process: `torch_threads`, else half the available cores / workers (at
+        least 1). On 2 cores 1 thread served /v1/embed 1.44x faster than 2 (benchmarks/bench_servers.py)."""
         if self.torch_threads is not None:
             return self.torch_threads
-        return max(1, available_cores() // self.workers)
+        return max(1, available_cores() // 2 // self.workers)
 
 
 def available_cores() -> int:

@@ -155,3 +155,25 @@ def test_bench_network_batch_times_every_batch_size_per_face(monkeypatch):
 
     timed = bench_network_batch.per_face_ms(DrfaceSteps(), [1, 3], repeats=1)
     assert set(timed) == {1, 3} and all(wall > 0 and cpu >= 0 for wall, cpu in timed.values())
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_bench_servers_compares_the_two_backends(data_root):
+    result = _run_benchmark(
+        "bench_servers.py",
+        "--requests",
+        "2",
+        "--rounds",
+        "1",
+        "--concurrency",
+        "1",
+        "--photos",
+        "2",
+        "--data-root",
+        str(data_root),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| torch |", "| onnxruntime |"))]
+    assert len(rows) == 2 and all(row.count("x |") == 2 for row in rows)
+    assert rows[0].endswith("| 1.00x | 1.00x |")  # the first variant is the baseline

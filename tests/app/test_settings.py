@@ -31,10 +31,10 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_threads_default_to_available_cores_shared_by_workers() -> None:
+def test_threads_default_to_half_the_available_cores_shared_by_workers() -> None:
     cores = available_cores()
     assert cores >= 1
-    assert Settings(torch_threads=None, workers=1).thread_count() == cores
+    assert Settings(torch_threads=None, workers=1).thread_count() == max(1, cores // 2)
     assert Settings(torch_threads=None, workers=cores + 1).thread_count() == 1
 
 
