@@ -103,7 +103,8 @@ class Engine:
 
     def embed(self, faces: list[AlignedFace]) -> list[EmbeddedFace]:
         """The faces with their embeddings, all computed in one network batch."""
-        embeddings = embed_faces(self.network, faces_to_tensor([face.aligned for face in faces])).numpy()
+        batch = faces_to_tensor([face.aligned for face in faces])
+        embeddings = embed_faces(self.network, batch, flip=self.settings.flip).numpy()
         return [EmbeddedFace(face, embedding) for face, embedding in zip(faces, embeddings, strict=True)]
 
     def layer_masks(self, face: AlignedFace) -> list[LayerMask]:

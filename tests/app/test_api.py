@@ -256,3 +256,23 @@ def test_unknown_route_has_the_error_shape(client) -> None:
     response = client.get("/v1/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_flip_setting_chooses_one_or_two_network_passes(app_factory):
+    from app.openapi import example_face_jpeg
+    from model.artifact import load_artifact
+    from model.embed import embed_faces
+    from model.pipeline import CROP_LIMITS, faces_to_tensor, read_aligned_crop
+
+    crop = example_face_jpeg()
+    batch = faces_to_tensor([read_aligned_crop(crop, CROP_LIMITS)])
+    model = load_artifact().model
+    embedded = {}
+    for flip in (True, False):
+        with app_factory(flip=flip) as client:
+            response = client.post("/v1/embed", files={"image": crop}, data={"aligned": "true"})
+        assert response.status_code == 200, response.text
+        embedded[flip] = np.asarray(response.json()["faces"][0]["embedding"])
+        expected = embed_faces(model, batch, flip=flip)[0].numpy()
+        assert float(embedded[flip] @ expected) > 0.9999
+    assert float(embedded[True] @ embedded[False]) < 0.9999  # the mirror pass changes the embedding
