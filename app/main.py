@@ -72,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.gallery = await asyncio.to_thread(Gallery.open, settings)  # migrates the schema
     gate = InferenceGate(
-        settings.max_concurrent,
+        settings.concurrent_inferences(),
         settings.max_queue,
         settings.retry_after_s,
         settings.thread_count(),

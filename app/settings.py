@@ -36,10 +36,11 @@ class Settings(BaseSettings):
         "(CPU affinity and cgroup quota) divided by `workers`, at least 1: the detector, decoding and HTTP "
         "run beside the network (README, 'Threads').",
     )
-    max_concurrent: int = Field(
-        1,
+    max_concurrent: int | None = Field(
+        None,
         ge=1,
-        description="Inferences run at the same time per process (size of the inference thread pool).",
+        description="Inferences run at the same time per process (size of the inference thread pool); "
+        "empty = the cores per worker divided by the torch threads (2 with the default threads).",
     )
     max_queue: int = Field(
         32,
@@ -141,7 +142,7 @@ class Settings(BaseSettings):
             return tuple(key.strip() for key in value.split(",") if key.strip())
         return value
 
-    @field_validator("weights", "torch_threads", "onnx_model", mode="before")
+    @field_validator("weights", "torch_threads", "max_concurrent", "onnx_model", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         return None if value == "" else value
@@ -169,6 +170,14 @@ class Settings(BaseSettings):
     def max_request_bytes(self, images: int = 1) -> int:
         """Largest request body for `images` images: each base64-encoded (4/3), plus room for the fields."""
         return images * math.ceil(self.max_upload_bytes * 4 / 3) + 64 * 1024
+
+    def concurrent_inferences(self) -> int:
+        """`max_concurrent`, else the cores per worker / torch threads (at least 1). On 2 cores two 1-thread
+        inferences at once served 2.57x the requests/s of one 2-thread inference at concurrency 8, with the
+        same p50 at concurrency 1 (benchmarks/bench_servers.py, README "Threads")."""
+        if self.max_concurrent is not None:
+            return self.max_concurrent
+        return max(1, available_cores() // self.workers // self.thread_count())
 
     def thread_count(self) -> int:
         """Torch/OpenCV threads per process: `torch_threads`, else half the available cores / workers (at

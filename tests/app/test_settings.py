@@ -69,3 +69,11 @@ def test_the_upload_buffer_must_hold_one_largest_request() -> None:
     assert Settings(max_buffered_bytes=largest).max_buffered_bytes == largest
     with pytest.raises(ValueError, match="max_buffered_bytes"):
         Settings(max_buffered_bytes=largest - 1)
+
+
+def test_concurrent_inferences_default_to_the_cores_left_by_the_torch_threads() -> None:
+    cores = available_cores()
+    default = Settings(torch_threads=None, max_concurrent=None, workers=1)
+    assert default.concurrent_inferences() == max(1, cores // default.thread_count())
+    assert Settings(torch_threads=1, max_concurrent=None, workers=1).concurrent_inferences() == cores
+    assert Settings(max_concurrent=3).concurrent_inferences() == 3
