@@ -155,18 +155,31 @@ async def run_all(
     return results
 
 
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(
+    env: dict[str, str],
+    log_path: Path | None = None,
+    inherit_settings: bool = True,
+    ready_timeout_s: float = 120,
+    log_level: str | None = "warning",
+) -> tuple[subprocess.Popen, str]:
+    """`drface serve` on a free loopback port with the DRFACE_* settings `env`; returns (process, base URL)
+    once /readyz is 200. `log_path`: its stdout and stderr go there; `inherit_settings=False`: the DRFACE_*
+    variables of this process are not passed on; `log_level` None: the service's default."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    environment = {**os.environ, "DRFACE_LOG_LEVEL": "warning", **env}
+    inherited = {k: v for k, v in os.environ.items() if inherit_settings or not k.startswith("DRFACE_")}
+    quiet = {"DRFACE_LOG_LEVEL": log_level} if log_level is not None else {}
+    environment = {**inherited, **quiet, **env}
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment)
+    log = open(log_path, "wb") if log_path is not None else None  # noqa: SIM115 (the child keeps it)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"server exited with code {process.returncode}")
+            where = f"; see {log_path}" if log_path is not None else ""
+            raise SystemExit(f"server exited with code {process.returncode}{where}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return process, url
@@ -174,7 +187,7 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
             pass
         time.sleep(0.1)
     process.terminate()
-    raise SystemExit("server did not become ready in 120 s")
+    raise SystemExit(f"server did not become ready in {ready_timeout_s:.0f} s")
 
 
 def default_data_root() -> Path:

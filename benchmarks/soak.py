@@ -24,7 +24,6 @@ import base64
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
-from load_test import cfp_photos
+from load_test import cfp_photos, start_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MONITOR_PERIOD_S = 0.5
@@ -68,30 +67,6 @@ class Tally:
 
 
 # -- the server ---------------------------------------------------------------------------------------------
-def start_server(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("DRFACE_")}
-    environment.update(env)
-    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log = open(log_path, "wb")  # noqa: SIM115 (the child keeps it; closed when the run ends)
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with code {process.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.terminate()
-    raise SystemExit("server not ready after 180 s")
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -299,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
     photos = cfp_photos(args.data_root, 20)
     env = dict(item.split("=", 1) for item in args.server_env)
-    process, url = start_server(env, args.log)
+    # the service's own log level: the soak counts the log lines a run writes
+    process, url = start_server(env, args.log, inherit_settings=False, ready_timeout_s=180, log_level=None)
     address = ("127.0.0.1", int(url.rsplit(":", 1)[1]))
     try:
         for _ in range(3):  # the first requests allocate the pipeline's buffers: measure from after them

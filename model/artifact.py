@@ -205,10 +205,15 @@ def save_artifact(path_prefix: str | os.PathLike[str], model: nn.Module, card: M
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in net.state_dict().items()}
     write_atomic(weights_path, lambda p: save_file(tensors, str(p), metadata={"format": "drface"}))
     written = card.model_copy(update={"weights_sha256": file_sha256(weights_path)})
-    write_atomic(
-        card_path, lambda p: p.write_text(written.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    )
+    save_card(card_path, written)
     return written
+
+
+def save_card(path: str | os.PathLike[str], card: ModelCard) -> None:
+    """Write the card of an artifact (prefix, weights path or card path) atomically; the weights and their
+    checksum in the card stay as they are (e.g. adding evaluation results later)."""
+    _, card_path = artifact_paths(path)
+    write_atomic(card_path, lambda p: p.write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8"))
 
 
 def load_card(path: str | os.PathLike[str]) -> ModelCard:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from model.artifact import artifact_paths, load_artifact, write_atomic
+from model.artifact import load_artifact, save_card
 from training.validate import AlignedCfp, find_cfp_root
 
 CFP_SPLITS = ["cfp_ff", "cfp_fp"]
@@ -41,11 +41,7 @@ def main() -> None:
         loaded = load_artifact(path)
         card = loaded.card
         reports = cfp.evaluate(loaded.model, args.folds, dict(card.thresholds))
-        updated = card.model_copy(update={"eval": {**card.eval, **reports}})
-        _, card_path = artifact_paths(path)
-        write_atomic(
-            card_path, lambda p, c=updated: p.write_text(c.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        )
+        save_card(path, card.model_copy(update={"eval": {**card.eval, **reports}}))
         summary = ", ".join(
             f"{name} {100 * r['accuracy']:.2f}% ± {100 * r['accuracy_std']:.2f}"
             for name, r in reports.items()

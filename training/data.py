@@ -556,8 +556,8 @@ class BatchSource(BatchPlan):
         """This rank's images (b, 3, 112, 112) float [-1, 1], labels (b,) int64 (UNLABELLED for faces without
         identity) and teacher embeddings (b, Dt) or None, of global batch `step`."""
         index, draws = self.rows(epoch, step)
-        faces = self.faces[index.to(self.faces.device)].to(self.device, non_blocking=True)
         index, draws = index.to(self.device), draws.to(self.device)
+        faces = self.faces[index.to(self.faces.device)].to(self.device, non_blocking=True)
         images = augment(faces_to_tensor(faces), self.augment_config, draws)
         teacher = self.teacher[index] if self.teacher is not None else None
         return images, self.labels[index], teacher
