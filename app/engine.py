@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import cv2
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from app.batcher import NetworkBatcher
 from app.errors import OverloadedError
 from app.settings import Settings
 from model.artifact import DEFAULT_WEIGHTS, LoadedModel, ModelCard, load_artifact
 from model.detect import DetectorConfig, FaceDetector
-from model.embed import embed_faces
+from model.embed import embed_faces, embed_with
 from model.pipeline import (
     AlignedFace,
     ImageLimits,
@@ -62,9 +64,19 @@ class LayerMask:
 
 
 class Engine:
-    """Network + card + detector, and the synchronous jobs. Thread-safe: holds no per-call state."""
+    """Network + card + detector, and the synchronous jobs. Thread-safe: holds no per-call state.
 
-    def __init__(self, loaded: LoadedModel, detector: FaceDetector, settings: Settings) -> None:
+    With `micro_batch` (`idle`, `always`), embeddings may run on the micro-batcher's worker threads
+    (app/batcher.py); `close()` stops them.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        detector: FaceDetector,
+        settings: Settings,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
         self.model = loaded.model
         self.card: ModelCard = loaded.card
         self.detector = detector
@@ -80,10 +92,22 @@ class Engine:
             self.network = self.mask_network = onnx_network
         elif settings.trace_network:
             self.network = trace_for_inference(self.model)
+        # Requests in progress (the inference gate's count): a lone one may spread its images over the cores.
+        self.in_flight = in_flight or (lambda: 1)
+        self.batcher: NetworkBatcher | None = None
+        if settings.micro_batch != "off":
+            self.batcher = NetworkBatcher(
+                self.network,
+                workers=settings.network_workers(),
+                max_images=settings.batch_max_images,
+                wait_ms=settings.batch_wait_ms,
+                threads=settings.thread_count(),
+            )
 
     @classmethod
-    def load(cls, settings: Settings) -> Engine:
-        """Load the artifact named by the settings (default: the shipped one) and build the detector."""
+    def load(cls, settings: Settings, in_flight: Callable[[], int] | None = None) -> Engine:
+        """Load the artifact named by the settings (default: the shipped one) and build the detector;
+        `in_flight()` counts the requests in progress (default: always 1)."""
         threads = settings.thread_count()
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
@@ -91,7 +115,7 @@ class Engine:
         # One onnxruntime thread: a larger intra-op pool spin-waits after each run and takes the cores the
         # network needs right after; on face-sized photos one thread detects about as fast.
         detector = FaceDetector(DetectorConfig(num_threads=1))
-        return cls(loaded, detector, settings)
+        return cls(loaded, detector, settings, in_flight)
 
     # -- steps ------------------------------------------------------------------------------------------
     def find_faces(
@@ -104,7 +128,11 @@ class Engine:
     def embed(self, faces: list[AlignedFace]) -> list[EmbeddedFace]:
         """The faces with their embeddings, all computed in one network batch."""
         batch = faces_to_tensor([face.aligned for face in faces])
-        embeddings = embed_faces(self.network, batch, flip=self.settings.flip).numpy()
+        if self._batched(len(batch)):
+            run = partial(self.batcher.features, split=self.in_flight() <= 1)  # type: ignore[union-attr]
+            embeddings = embed_with(run, batch, flip=self.settings.flip).numpy()
+        else:
+            embeddings = embed_faces(self.network, batch, flip=self.settings.flip).numpy()
         return [EmbeddedFace(face, embedding) for face, embedding in zip(faces, embeddings, strict=True)]
 
     def layer_masks(self, face: AlignedFace) -> list[LayerMask]:
@@ -147,6 +175,20 @@ class Engine:
             self.layer_masks(face)
             elapsed_ms = (time.perf_counter() - start) * 1000
         return elapsed_ms
+
+    def close(self) -> None:
+        """Stop the network workers (embeddings still waiting fail)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+    def _batched(self, faces: int) -> bool:
+        """Whether `faces` faces go through the micro-batcher (`micro_batch`, README 'Micro-batching')."""
+        if self.batcher is None:
+            return False
+        if self.settings.micro_batch == "always":
+            return True
+        images = faces * (2 if self.settings.flip else 1)
+        return images > 1 and self.in_flight() <= 1  # "idle": only a lone request gains from the spread
 
     def _largest(self, data: bytes, aligned: bool, field: str) -> AlignedFace:
         try:

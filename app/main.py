@@ -48,7 +48,7 @@ async def _load_model(app: FastAPI) -> None:
     """Load the model, warm it up on the inference threads, then publish it (which makes /readyz ready)."""
     settings: Settings = app.state.settings
     try:
-        engine = await asyncio.to_thread(Engine.load, settings)
+        engine = await asyncio.to_thread(Engine.load, settings, lambda: app.state.gate.admitted)
         await asyncio.to_thread(app.state.gallery.load_index, served_model(engine), engine.card.embedding_dim)
         warm_ms = await app.state.gate.run(engine.warm_up, settings.warmup_runs)
     except Exception as exc:  # any failure must show on /healthz, not kill the event loop silently
@@ -85,6 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         loader.cancel()
         gate.shutdown()
+        if app.state.engine is not None:
+            app.state.engine.close()
         app.state.gallery.close()
         app.state.engine = None
         app.state.metrics.ready.set(0)

@@ -102,6 +102,27 @@ class Settings(BaseSettings):
         "thresholds were calibrated: +0.28 points CFP-FF, +1.21 CFP-FP for 1.6x the network time "
         "(benchmarks/bench_flip.py); false = one pass, faster, thresholds slightly off.",
     )
+    micro_batch: Literal["off", "idle", "always"] = Field(
+        "idle",
+        description="Who runs the network through the micro-batcher's (cores / torch threads) worker threads "
+        "(app/batcher.py): `idle` = a request alone in the server, whose face and mirror then run on two "
+        "cores at once; `always` = every request, concurrent requests' images batched together; `off` = "
+        "each request runs its own network batch on its inference thread (README, 'Micro-batching').",
+    )
+    batch_max_images: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Most images in one micro-batch (a face and its mirror are 2); past ~8 the activations "
+        "leave the cache and a batch gets slower per face (benchmarks/bench_network_batch.py).",
+    )
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="How long a free network worker waits for more images before running a micro-batch "
+        "that is not full; 0 = run what is queued at once.",
+    )
     trace_network: bool = Field(
         True,
         description="Run embeddings through a TorchScript trace of the network (batch norm folded), checked "
@@ -177,6 +198,10 @@ class Settings(BaseSettings):
         same p50 at concurrency 1 (benchmarks/bench_servers.py, README "Threads")."""
         if self.max_concurrent is not None:
             return self.max_concurrent
+        return self.network_workers()
+
+    def network_workers(self) -> int:
+        """Threads of the micro-batcher (`micro_batch`): the cores per worker / torch threads (at least 1)."""
         return max(1, available_cores() // self.workers // self.thread_count())
 
     def thread_count(self) -> int:

@@ -59,6 +59,7 @@ def reembed_gallery(settings: Settings) -> ReembedReport:
         return reembed(engine, store)
     finally:
         store.close()
+        engine.close()
 
 
 def reembed(engine: Engine, store: GalleryStore) -> ReembedReport:
