@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.batcher import NetworkBatcher
-from app.errors import OverloadedError
+from app.batcher import BatcherClosedError, NetworkBatcher
+from app.errors import NotReadyError, OverloadedError
 from app.settings import Settings
 from model.artifact import DEFAULT_WEIGHTS, LoadedModel, ModelCard, load_artifact
 from model.detect import DetectorConfig, FaceDetector
@@ -130,7 +130,10 @@ class Engine:
         batch = faces_to_tensor([face.aligned for face in faces])
         if self._batched(len(batch)):
             run = partial(self.batcher.features, split=self.in_flight() <= 1)  # type: ignore[union-attr]
-            embeddings = embed_with(run, batch, flip=self.settings.flip).numpy()
+            try:
+                embeddings = embed_with(run, batch, flip=self.settings.flip).numpy()
+            except BatcherClosedError as exc:
+                raise NotReadyError("the server is shutting down; retry on another replica") from exc
         else:
             embeddings = embed_faces(self.network, batch, flip=self.settings.flip).numpy()
         return [EmbeddedFace(face, embedding) for face, embedding in zip(faces, embeddings, strict=True)]

@@ -53,3 +53,10 @@ def test_concurrent_requests_each_get_their_own_faces(clients, face_a, face_b) -
             embeddings = list(pool.map(lambda photo, m=mode: _embedding(clients[m], photo), photos))
         for photo, embedding in zip(photos, embeddings, strict=True):
             assert float(np.dot(embedding, expected[id(photo)])) >= 0.99999, mode
+
+
+def test_a_request_after_the_batcher_closed_gets_503_not_ready(app_factory, face_a) -> None:
+    with app_factory(micro_batch="always") as client:
+        client.app.state.engine.batcher.close()
+        response = client.post("/v1/embed", files={"image": ("face.jpg", face_a, "image/jpeg")})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
