@@ -2,7 +2,9 @@
 
 For `/v1/embed` (one photo) and `/v1/verify` (two photos), with load_test.py's 250x250 CFP photos:
 1. In this process, with the service's own steps, threads and traced network (benchmarks/drface_steps.py),
-   each request's pipeline is timed step by step; the network also without the flip, to show what it costs.
+   each request's pipeline is timed step by step; the network also without the flip, to show what it costs,
+   and on the micro-batcher's workers (image and mirror on two cores, as `DRFACE_MICRO_BATCH=idle` serves a
+   lone request).
    Serialisation: the response model built from the result and dumped to JSON, as the route returns it.
 2. Against a real `drface serve` on loopback (load_test.py's client), at concurrency 1: the client's latency
    and the server's own pipeline time (`time_ms`) per request. Their difference is what HTTP, multipart
@@ -31,7 +33,9 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 from drface_steps import STEPS, DrfaceSteps, StepTimes  # noqa: E402
 from load_test import cfp_photos, default_data_root, load_average, run_level, start_server  # noqa: E402
 
+from app.batcher import NetworkBatcher  # noqa: E402
 from app.schemas import EmbedResponse, FaceOut, VerifyResponse  # noqa: E402
+from model.embed import embed_with  # noqa: E402
 
 ENDPOINTS = ("/v1/embed", "/v1/verify")
 # Requests run before timing: a TorchScript trace profiles its first calls and re-optimises after them.
@@ -69,11 +73,11 @@ def serialise(endpoint: str, embeddings: np.ndarray) -> bytes:
 
 
 def in_process(
-    steps: DrfaceSteps, photos: list[bytes], endpoint: str, requests: int
+    steps: DrfaceSteps, batcher: NetworkBatcher, photos: list[bytes], endpoint: str, requests: int
 ) -> dict[str, tuple[float, float]]:
-    """{step: (median wall ms, median CPU ms)} per request, for each step, the network without flip and
-    serialisation."""
-    names = (*STEPS, "network, no flip", "serialisation")
+    """{step: (median wall ms, median CPU ms)} per request, for each step, the network without flip, the
+    network on the batcher's workers and serialisation."""
+    names = (*STEPS, "network, no flip", "network, workers", "serialisation")
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for i in range(requests + WARM_UP):
         times = StepTimes()
@@ -85,6 +89,8 @@ def in_process(
         times.start()
         steps.network(batch, flip=False)
         times.add("network, no flip")
+        embed_with(batcher.features, batch, flip=True)
+        times.add("network, workers")
         serialise(endpoint, embeddings)
         times.add("serialisation")
         if i >= WARM_UP:
@@ -141,6 +147,10 @@ def table(stages: dict[str, dict[str, tuple[float, float]]], http: dict[str, dic
             "network without flip (image only), for comparison",
             [stages[e]["network, no flip"] for e in ENDPOINTS],
         ),
+        (
+            "network, image and mirror on two workers (`DRFACE_MICRO_BATCH=idle`, a lone request)",
+            [stages[e]["network, workers"] for e in ENDPOINTS],
+        ),
     ]
     header = " | ".join(f"`{e}` wall | `{e}` CPU" for e in ENDPOINTS)
     lines = [f"| ms per request (p50) | {header} |", "| --- | --- | --- | --- | --- |"]
@@ -161,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     photos = cfp_photos(args.data_root, args.photos)
     print(f"load average before: {load_average()}", flush=True)
     steps = DrfaceSteps()
-    stages = {endpoint: in_process(steps, photos, endpoint, args.requests) for endpoint in ENDPOINTS}
+    settings = steps.settings
+    batcher = NetworkBatcher(
+        steps.network_module,
+        settings.network_workers(),
+        settings.batch_max_images,
+        threads=settings.thread_count(),
+    )
+    stages = {endpoint: in_process(steps, batcher, photos, endpoint, args.requests) for endpoint in ENDPOINTS}
+    batcher.close()
     print(f"load average after the in-process part: {load_average()}", flush=True)
     process, url = start_server({})
     try:
