@@ -114,7 +114,9 @@ class Engine:
         loaded = load_artifact(settings.weights or DEFAULT_WEIGHTS)
         # One onnxruntime thread: a larger intra-op pool spin-waits after each run and takes the cores the
         # network needs right after; on face-sized photos one thread detects about as fast.
-        detector = FaceDetector(DetectorConfig(num_threads=1))
+        side = settings.detect_side
+        sizes = {} if side is None else {"min_side": side, "max_side": side}
+        detector = FaceDetector(DetectorConfig(num_threads=1, **sizes))
         return cls(loaded, detector, settings, in_flight)
 
     # -- steps ------------------------------------------------------------------------------------------
