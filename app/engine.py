@@ -28,7 +28,7 @@ from app.batcher import BatcherClosedError, NetworkBatcher
 from app.errors import NotReadyError, OverloadedError
 from app.settings import Settings
 from model.artifact import DEFAULT_WEIGHTS, LoadedModel, ModelCard, load_artifact
-from model.detect import DetectorConfig, FaceDetector
+from model.detect import FaceDetector
 from model.embed import embed_faces, embed_with
 from model.pipeline import (
     AlignedFace,
@@ -112,11 +112,7 @@ class Engine:
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         loaded = load_artifact(settings.weights or DEFAULT_WEIGHTS)
-        # One onnxruntime thread: a larger intra-op pool spin-waits after each run and takes the cores the
-        # network needs right after; on face-sized photos one thread detects about as fast.
-        side = settings.detect_side
-        sizes = {} if side is None else {"min_side": side, "max_side": side}
-        detector = FaceDetector(DetectorConfig(num_threads=1, **sizes))
+        detector = FaceDetector(settings.detector_config())
         return cls(loaded, detector, settings, in_flight)
 
     # -- steps ------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.thresholds import ThresholdChoice
 from model.artifact import DEFAULT_OPERATING_POINT
+from model.detect import DetectorConfig
 
 MEGABYTE = 1024 * 1024
 
@@ -213,6 +214,15 @@ class Settings(BaseSettings):
     def network_workers(self) -> int:
         """Threads of the micro-batcher (`micro_batch`): the cores per worker / torch threads (at least 1)."""
         return max(1, available_cores() // self.workers // self.thread_count())
+
+    def detector_config(self) -> DetectorConfig:
+        """The face detector as served: `detect_side`, and one onnxruntime thread (a larger intra-op pool
+        spin-waits after each run and takes the cores the network needs right after; on face-sized photos
+        one thread detects about as fast)."""
+        sizes = (
+            {} if self.detect_side is None else {"min_side": self.detect_side, "max_side": self.detect_side}
+        )
+        return DetectorConfig(num_threads=1, **sizes)
 
     def thread_count(self) -> int:
         """Torch/OpenCV threads per process: `torch_threads`, else half the available cores / workers (at

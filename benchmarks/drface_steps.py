@@ -69,7 +69,7 @@ class DrfaceSteps:
         self.network_module: nn.Module = (
             trace_for_inference(self.model) if self.settings.trace_network else self.model
         )
-        self.detector = FaceDetector(detector_config or DetectorConfig(num_threads=1))
+        self.detector = FaceDetector(detector_config or self.settings.detector_config())
 
     def decode(self, data: bytes) -> np.ndarray:
         """Photo bytes -> (H, W, 3) uint8 BGR, within the service's upload and pixel limits."""
@@ -79,12 +79,14 @@ class DrfaceSteps:
         """(112, 112, 3) uint8 BGR aligned faces -> (N, 3, 112, 112) float32 RGB in [-1, 1]."""
         return faces_to_tensor(faces)
 
-    def network(self, batch: torch.Tensor, flip: bool = True) -> np.ndarray:
-        """(N, 3, 112, 112) network input -> (N, D) float32 unit-norm embeddings (`flip`: image + mirror)."""
+    def network(self, batch: torch.Tensor, flip: bool | None = None) -> np.ndarray:
+        """(N, 3, 112, 112) network input -> (N, D) float32 unit-norm embeddings (`flip`: image + mirror;
+        None: as served, `DRFACE_FLIP`)."""
+        flip = self.settings.flip if flip is None else flip
         return embed_faces(self.network_module, batch, flip=flip).numpy()
 
     def embed_photo(
-        self, data: bytes, limit: int | None = None, flip: bool = True, times: StepTimes | None = None
+        self, data: bytes, limit: int | None = None, flip: bool | None = None, times: StepTimes | None = None
     ) -> np.ndarray:
         """/v1/embed's work on one photo: (N, D) embeddings of its `limit` largest faces (all by default;
         (0, D) when it has none). With `times`, each step's milliseconds are added to it."""
@@ -105,7 +107,7 @@ class DrfaceSteps:
         return embeddings
 
     def verify_photos(
-        self, data1: bytes, data2: bytes, flip: bool = True, times: StepTimes | None = None
+        self, data1: bytes, data2: bytes, flip: bool | None = None, times: StepTimes | None = None
     ) -> np.ndarray:
         """/v1/verify's work: (2, D) embeddings of the two photos' largest faces, embedded in one batch
         (their dot product is the similarity)."""
