@@ -95,10 +95,11 @@ class Engine:
         # Requests in progress (the inference gate's count): a lone one may spread its images over the cores.
         self.in_flight = in_flight or (lambda: 1)
         self.batcher: NetworkBatcher | None = None
-        if settings.micro_batch != "off":
+        workers = settings.network_workers()
+        if settings.micro_batch == "always" or (settings.micro_batch == "idle" and workers > 1):
             self.batcher = NetworkBatcher(
                 self.network,
-                workers=settings.network_workers(),
+                workers=workers,
                 max_images=settings.batch_max_images,
                 wait_ms=settings.batch_wait_ms,
                 threads=settings.thread_count(),

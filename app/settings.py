@@ -117,8 +117,9 @@ class Settings(BaseSettings):
         "idle",
         description="Who runs the network through the micro-batcher's (cores / torch threads) worker threads "
         "(app/batcher.py): `idle` = a request alone in the server, whose face and mirror then run on two "
-        "cores at once; `always` = every request, concurrent requests' images batched together; `off` = "
-        "each request runs its own network batch on its inference thread (README, 'Micro-batching').",
+        "cores at once (when there are 2 or more worker threads); `always` = every request, concurrent "
+        "requests' images batched together; `off` = each request runs its own network batch on its "
+        "inference thread (README, 'Micro-batching').",
     )
     batch_max_images: int = Field(
         8,

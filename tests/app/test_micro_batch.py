@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.settings import available_cores
+
 pytestmark = [pytest.mark.data, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 MODES = ("off", "idle", "always")
@@ -60,3 +62,8 @@ def test_a_request_after_the_batcher_closed_gets_503_not_ready(app_factory, face
         client.app.state.engine.batcher.close()
         response = client.post("/v1/embed", files={"image": ("face.jpg", face_a, "image/jpeg")})
     assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+
+
+def test_idle_mode_without_a_second_core_runs_no_workers(app_factory) -> None:
+    with app_factory(micro_batch="idle", torch_threads=available_cores()) as client:
+        assert client.app.state.engine.batcher is None
