@@ -14,7 +14,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from app.dependencies import ReadyEngine, get_settings, require_api_key
+from app.dependencies import ReadyEngine, SettingsDep, require_api_key
 from app.engine import EmbeddedFace, Engine
 from app.gallery.errors import ModelMismatchError
 from app.gallery.index import Candidate
@@ -43,7 +43,6 @@ from app.inputs import read_request
 from app.openapi import error_responses, multipart_body
 from app.routes.convert import face_out, model_label
 from app.routes.faces import run_job
-from app.settings import Settings
 from app.thresholds import resolve_threshold
 
 
@@ -52,7 +51,6 @@ def get_gallery(request: Request) -> Gallery:
 
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 SubjectId = Annotated[str, Path(description="The subject's id.", max_length=128)]
 
 gallery_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["gallery"])
